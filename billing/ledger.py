@@ -1,0 +1,456 @@
+"""The minute ledger: accounts, packages, idempotent debits, the balance gate, usage.
+
+Rules of this file:
+
+* Entries are append-only. Each has a unique idempotency key; writing an existing key
+  again changes nothing and returns the original entry (a different payload under the
+  same key is refused: the caller is confused).
+* The balance row per (account, counter) moves in the same transaction as its entry,
+  by one atomic ``UPDATE ... RETURNING``; so balance = sum of entries, always, however
+  many processes write at once (PostgreSQL row lock; SQLite ``BEGIN IMMEDIATE``, see
+  billing.storage).
+* A debit may take the balance negative: a call in progress is never cut.
+* Signals: EXHAUSTED when a debit leaves a counter at or below zero, RESTORED when a
+  package makes a counter that was not positive positive again. Nothing is resumed
+  here; listeners decide.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Select, distinct, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from billing.errors import BillingError, DuplicateAccount, IdempotencyConflict, UnknownAccount
+from billing.models import Account, CounterBalance, LedgerEntry, Package
+from billing.period import Period, to_naive_utc, utcnow
+from billing.tariff import Counter, Tariff, TrunkKind
+
+ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_PACKAGE_MINUTES = 10_000_000
+
+ENTRY = LedgerEntry.__table__  # type: ignore[attr-defined]
+BALANCE = CounterBalance.__table__  # type: ignore[attr-defined]
+ACCOUNT = Account.__table__  # type: ignore[attr-defined]
+PACKAGE = Package.__table__  # type: ignore[attr-defined]
+
+
+class SignalKind(StrEnum):
+    EXHAUSTED = "balance_exhausted"
+    RESTORED = "balance_restored"
+
+
+@dataclass(frozen=True)
+class BalanceSignal:
+    kind: SignalKind
+    account: str
+    counter: Counter
+    balance_seconds: int
+
+
+@dataclass(frozen=True)
+class AccountInfo:
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EntryResult:
+    entry_id: int
+    account: str
+    counter: Counter
+    seconds: int  # signed: + package, - debit
+    balance_seconds: int  # after this entry (for a replay: the balance now)
+    replayed: bool
+    signal: BalanceSignal | None = None
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    allowed: bool
+    balances: dict[Counter, int]
+    blocking: tuple[Counter, ...]
+
+    def reason(self) -> str:
+        if self.allowed:
+            return "balance is positive"
+        parts = [f"{c.value} balance is {self.balances[c]} s" for c in self.blocking]
+        return "; ".join(parts) + " (must be positive: top up first)"
+
+
+@dataclass(frozen=True)
+class CampaignUsage:
+    campaign: str
+    unique_contacts: int
+    billed_seconds: dict[Counter, int]
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    account: str
+    period: Period
+    unique_contacts: int
+    billed_seconds: dict[Counter, int]
+    campaigns: list[CampaignUsage] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AuditLine:
+    counter: Counter
+    balance_seconds: int
+    sum_of_entries: int
+
+    @property
+    def consistent(self) -> bool:
+        return self.balance_seconds == self.sum_of_entries
+
+
+SignalListener = Callable[[BalanceSignal], Awaitable[None]]
+
+
+def validate_account_name(name: str) -> str:
+    if not ACCOUNT_NAME.match(name):
+        raise BillingError(
+            f"invalid account name {name!r}: 1-64 characters, letters, digits, '_', '.', '-',"
+            " starting with a letter or digit"
+        )
+    return name
+
+
+def parse_minutes(value: object) -> int:
+    """Whole positive minutes, from an int or its decimal text; anything else is refused."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.fullmatch(r"\+?\d+", text):
+        raise BillingError(f"minutes must be a whole positive number, got {value!r}")
+    minutes = int(text)
+    if minutes <= 0:
+        raise BillingError(f"minutes must be a whole positive number, got {value!r}")
+    if minutes > MAX_PACKAGE_MINUTES:
+        raise BillingError(f"minutes must be at most {MAX_PACKAGE_MINUTES}, got {minutes}")
+    return minutes
+
+
+def debit_key(call_id: str, counter: Counter, increment: int) -> str:
+    return f"debit:{call_id}:{counter.value}:{increment}"
+
+
+def _insert_ignoring_duplicate_key(conn: AsyncConnection, values: dict[str, Any]) -> Any:
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(ENTRY).values(values).on_conflict_do_nothing(
+            index_elements=["idempotency_key"]
+        )
+    if dialect == "sqlite":
+        return sqlite.insert(ENTRY).values(values).on_conflict_do_nothing(
+            index_elements=["idempotency_key"]
+        )
+    raise BillingError(f"unsupported database dialect {dialect!r}")
+
+
+async def account_id(conn: AsyncConnection, name: str) -> int:
+    row = (await conn.execute(select(ACCOUNT.c.id).where(ACCOUNT.c.name == name))).first()
+    if row is None:
+        raise UnknownAccount(name)
+    return int(row[0])
+
+
+async def read_balances(conn: AsyncConnection, acct_id: int) -> dict[Counter, int]:
+    rows = await conn.execute(
+        select(BALANCE.c.counter, BALANCE.c.balance_seconds).where(BALANCE.c.account_id == acct_id)
+    )
+    return {Counter(r.counter): int(r.balance_seconds) for r in rows}
+
+
+async def gate(
+    conn: AsyncConnection, acct_id: int, trunk: TrunkKind, tariff: Tariff
+) -> GateDecision:
+    """May this account dial on this kind of trunk? Every counter the tariff charges > 0.
+
+    Takes a connection so that the dialer can ask inside the transaction that claims a
+    contact.
+    """
+    balances = await read_balances(conn, acct_id)
+    blocking = tuple(c for c in tariff.charged_counters(trunk) if balances.get(c, 0) <= 0)
+    return GateDecision(allowed=not blocking, balances=balances, blocking=blocking)
+
+
+class Ledger:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        tariff: Tariff | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.tariff = tariff or Tariff()
+        self._clock = clock
+        self._listeners: list[SignalListener] = []
+
+    def subscribe(self, listener: SignalListener) -> None:
+        """Call ``listener`` after commit for every exhausted/restored signal."""
+        self._listeners.append(listener)
+
+    async def _emit(self, signal: BalanceSignal | None) -> None:
+        if signal is None:
+            return
+        for listener in self._listeners:
+            await listener(signal)
+
+    # -- accounts -------------------------------------------------------------------------
+
+    async def create_account(self, name: str) -> AccountInfo:
+        validate_account_name(name)
+        created = self._clock()
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    insert(ACCOUNT).values(name=name, created_at=created).returning(ACCOUNT.c.id)
+                )
+                new_id = result.scalar_one()
+                await conn.execute(
+                    insert(BALANCE),
+                    [{"account_id": new_id, "counter": c.value, "balance_seconds": 0} for c in Counter],
+                )
+        except IntegrityError:
+            raise DuplicateAccount(name) from None
+        return AccountInfo(name=name, created_at=created)
+
+    async def list_accounts(self) -> list[AccountInfo]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(ACCOUNT.c.name, ACCOUNT.c.created_at).order_by(ACCOUNT.c.name)
+            )
+            return [AccountInfo(name=r.name, created_at=r.created_at) for r in rows]
+
+    async def balances(self, account: str) -> dict[Counter, int]:
+        async with self.engine.connect() as conn:
+            return await read_balances(conn, await account_id(conn, account))
+
+    async def may_dial(self, account: str, trunk: TrunkKind) -> GateDecision:
+        async with self.engine.connect() as conn:
+            return await gate(conn, await account_id(conn, account), trunk, self.tariff)
+
+    # -- movements ------------------------------------------------------------------------
+
+    async def buy_package(
+        self,
+        account: str,
+        counter: Counter,
+        minutes: int,
+        *,
+        reference: str | None = None,
+        at: datetime | None = None,
+    ) -> EntryResult:
+        """Add a package: pays off a negative balance first, accumulates on a positive one.
+
+        ``reference`` makes the purchase idempotent (e.g. a payment or request id).
+        """
+        minutes = parse_minutes(minutes)
+        key = f"package:{reference or uuid.uuid4().hex}"
+        when = to_naive_utc(at) if at else self._clock()
+        seconds = minutes * 60
+        async with self.engine.begin() as conn:
+            acct = await account_id(conn, account)
+            entry = await self._append(
+                conn,
+                {
+                    "account_id": acct,
+                    "counter": counter.value,
+                    "kind": "package",
+                    "seconds": seconds,
+                    "idempotency_key": key,
+                    "created_at": when,
+                },
+            )
+            if isinstance(entry, EntryResult):
+                return entry
+            entry_id, after = entry
+            await conn.execute(
+                insert(PACKAGE).values(
+                    account_id=acct,
+                    counter=counter.value,
+                    minutes=minutes,
+                    entry_id=entry_id,
+                    bought_at=when,
+                )
+            )
+        before = after - seconds
+        signal = None
+        if before <= 0 < after:
+            signal = BalanceSignal(SignalKind.RESTORED, account, counter, after)
+        result = EntryResult(entry_id, account, counter, seconds, after, False, signal)
+        await self._emit(signal)
+        return result
+
+    async def debit(
+        self,
+        account: str,
+        counter: Counter,
+        seconds: int,
+        *,
+        call_id: str,
+        increment: int,
+        campaign: str | None = None,
+        contact: str | None = None,
+        at: datetime | None = None,
+    ) -> EntryResult:
+        """Debit one increment of a call. May leave the balance negative.
+
+        The key (call_id, counter, increment) makes a replay a no-op that returns the
+        original entry.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
+            raise BillingError(f"debit seconds must be a positive whole number, got {seconds!r}")
+        if isinstance(increment, bool) or not isinstance(increment, int) or increment <= 0:
+            raise BillingError(f"increment number must be >= 1, got {increment!r}")
+        if not call_id:
+            raise BillingError("a debit needs a call id")
+        when = to_naive_utc(at) if at else self._clock()
+        async with self.engine.begin() as conn:
+            acct = await account_id(conn, account)
+            entry = await self._append(
+                conn,
+                {
+                    "account_id": acct,
+                    "counter": counter.value,
+                    "kind": "debit",
+                    "seconds": -seconds,
+                    "idempotency_key": debit_key(call_id, counter, increment),
+                    "call_id": call_id,
+                    "increment": increment,
+                    "campaign": campaign,
+                    "contact": contact,
+                    "created_at": when,
+                },
+            )
+        if isinstance(entry, EntryResult):
+            return entry
+        entry_id, after = entry
+        signal = None
+        if after <= 0:
+            signal = BalanceSignal(SignalKind.EXHAUSTED, account, counter, after)
+        result = EntryResult(entry_id, account, counter, -seconds, after, False, signal)
+        await self._emit(signal)
+        return result
+
+    async def _append(
+        self, conn: AsyncConnection, values: dict[str, Any]
+    ) -> tuple[int, int] | EntryResult:
+        """Insert the entry and move the balance; on a replayed key, the original entry."""
+        stmt = _insert_ignoring_duplicate_key(conn, values).returning(ENTRY.c.id)
+        entry_id = (await conn.execute(stmt)).scalar_one_or_none()
+        if entry_id is None:
+            return await self._replayed(conn, values)
+        after = (
+            await conn.execute(
+                update(BALANCE)
+                .where(
+                    BALANCE.c.account_id == values["account_id"],
+                    BALANCE.c.counter == values["counter"],
+                )
+                .values(balance_seconds=BALANCE.c.balance_seconds + values["seconds"])
+                .returning(BALANCE.c.balance_seconds)
+            )
+        ).scalar_one()
+        return int(entry_id), int(after)
+
+    async def _replayed(self, conn: AsyncConnection, values: dict[str, Any]) -> EntryResult:
+        original = (
+            await conn.execute(
+                select(ENTRY).where(ENTRY.c.idempotency_key == values["idempotency_key"])
+            )
+        ).one()
+        for name in ("account_id", "counter", "kind", "seconds", "call_id", "increment"):
+            if name in values and getattr(original, name) != values[name]:
+                raise IdempotencyConflict(
+                    f"entry {values['idempotency_key']!r} exists with a different {name}"
+                    f" ({getattr(original, name)!r}, not {values[name]!r})"
+                )
+        balance = (await read_balances(conn, original.account_id))[Counter(original.counter)]
+        name = (
+            await conn.execute(select(ACCOUNT.c.name).where(ACCOUNT.c.id == original.account_id))
+        ).scalar_one()
+        return EntryResult(
+            int(original.id), name, Counter(original.counter), int(original.seconds), balance, True
+        )
+
+    # -- reports --------------------------------------------------------------------------
+
+    async def usage(
+        self, account: str, period: Period, campaign: str | None = None
+    ) -> UsageReport:
+        """Debited seconds and unique contacts reached, by debit time, in one period."""
+
+        def debits(*columns: Any) -> Select[Any]:
+            stmt = select(*columns).where(
+                ENTRY.c.account_id == acct,
+                ENTRY.c.kind == "debit",
+                ENTRY.c.created_at >= period.start,
+                ENTRY.c.created_at < period.end,
+            )
+            return stmt if campaign is None else stmt.where(ENTRY.c.campaign == campaign)
+
+        contacts = func.count(distinct(ENTRY.c.contact))
+        billed = func.sum(-ENTRY.c.seconds)
+        async with self.engine.connect() as conn:
+            acct = await account_id(conn, account)
+            total_contacts = (await conn.execute(debits(contacts))).scalar_one()
+            totals = await conn.execute(debits(ENTRY.c.counter, billed).group_by(ENTRY.c.counter))
+            per_counter = _zero_counters() | {Counter(r[0]): int(r[1]) for r in totals}
+            by_campaign: dict[str, dict[Counter, int]] = {}
+            rows = await conn.execute(
+                debits(ENTRY.c.campaign, ENTRY.c.counter, billed)
+                .where(ENTRY.c.campaign.is_not(None))
+                .group_by(ENTRY.c.campaign, ENTRY.c.counter)
+            )
+            for name, counter, seconds in rows:
+                by_campaign.setdefault(name, _zero_counters())[Counter(counter)] = int(seconds)
+            rows = await conn.execute(
+                debits(ENTRY.c.campaign, contacts)
+                .where(ENTRY.c.campaign.is_not(None))
+                .group_by(ENTRY.c.campaign)
+            )
+            campaign_contacts = {name: int(count) for name, count in rows}
+        return UsageReport(
+            account=account,
+            period=period,
+            unique_contacts=int(total_contacts or 0),
+            billed_seconds=per_counter,
+            campaigns=[
+                CampaignUsage(name, int(campaign_contacts.get(name, 0)), by_campaign[name])
+                for name in sorted(by_campaign)
+            ],
+        )
+
+    async def audit(self, account: str) -> list[AuditLine]:
+        """Materialised balance vs. the sum of entries, per counter."""
+        async with self.engine.connect() as conn:
+            acct = await account_id(conn, account)
+            balances = await read_balances(conn, acct)
+            rows = await conn.execute(
+                select(ENTRY.c.counter, func.sum(ENTRY.c.seconds))
+                .where(ENTRY.c.account_id == acct)
+                .group_by(ENTRY.c.counter)
+            )
+            sums = {counter: int(total) for counter, total in rows}
+        return [AuditLine(c, balances.get(c, 0), sums.get(c.value, 0)) for c in Counter]
+
+    async def entries(self, account: str) -> Sequence[Any]:
+        async with self.engine.connect() as conn:
+            acct = await account_id(conn, account)
+            return (
+                await conn.execute(select(ENTRY).where(ENTRY.c.account_id == acct).order_by(ENTRY.c.id))
+            ).all()
+
+
+def _zero_counters() -> dict[Counter, int]:
+    return dict.fromkeys(Counter, 0)

@@ -1,0 +1,356 @@
+"""The `dialer` command line. Every data command takes --json: one JSON document on
+stdout and nothing else there. Every error is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, AsyncIterator, TypeVar
+
+import structlog
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from billing.errors import BillingError
+from billing.ledger import Ledger, UsageReport, parse_minutes
+from billing.period import Period, utcnow
+from billing.tariff import Counter, parse_counter
+from dialer import db
+from dialer.config import ConfigError, Settings, load_settings
+from dialer.errors import DialerError
+from dialer.logs import configure_logging
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="dialer",
+    help="Outbound campaign dialer worker with exact minute billing.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+account_app = typer.Typer(help="Accounts.", no_args_is_help=True)
+billing_app = typer.Typer(help="Minute balances, top-ups and usage.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(account_app, name="account")
+app.add_typer(billing_app, name="billing")
+
+stdout = Console(soft_wrap=True)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+@dataclass
+class Options:
+    config: str | None = None
+
+
+OPTIONS = Options()
+
+
+@app.callback()
+def _root(
+    config: Annotated[
+        str | None,
+        typer.Option("--config", help="Config file (default: $DIALER_CONFIG or ./dialer.toml)."),
+    ] = None,
+) -> None:
+    if config:
+        OPTIONS.config = config
+
+
+def settings() -> Settings:
+    loaded = load_settings(OPTIONS.config)
+    configure_logging(loaded.logging.format, loaded.logging.level)
+    return loaded
+
+
+@asynccontextmanager
+async def open_ledger(cfg: Settings) -> AsyncIterator[Ledger]:
+    engine = await db.open_database(cfg.database.url)
+    try:
+        yield Ledger(engine, cfg.billing.make_tariff())
+    finally:
+        await engine.dispose()
+
+
+def run(work: Callable[[Ledger], Awaitable[T]]) -> T:
+    cfg = settings()
+
+    async def main() -> T:
+        async with open_ledger(cfg) as ledger:
+            return await work(ledger)
+
+    return asyncio.run(main())
+
+
+def emit_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+
+
+def iso(value: Any) -> str:
+    return f"{value.isoformat(timespec='milliseconds')}Z"
+
+
+# -- db --------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(as_json: JsonOpt = False) -> None:
+    """Create or migrate the database to the newest schema."""
+    cfg = settings()
+
+    async def main() -> tuple[str | None, str]:
+        engine = db.make_engine(cfg.database.url, create=True)
+        try:
+            return await db.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    before, after = asyncio.run(main())
+    shown = db.describe(cfg.database.url)
+    if as_json:
+        emit_json({"database": shown, "from_revision": before, "revision": after})
+    elif before == after:
+        stdout.print(f"database {shown} is up to date (schema {after})")
+    else:
+        stdout.print(f"database {shown} migrated from {before or 'empty'} to {after}")
+
+
+# -- accounts --------------------------------------------------------------------------------
+
+
+@account_app.command("create")
+def account_create(name: str, as_json: JsonOpt = False) -> None:
+    """Create an account with zero balance on every counter."""
+    info = run(lambda ledger: ledger.create_account(name))
+    if as_json:
+        emit_json({"account": info.name, "created_at": iso(info.created_at)})
+    else:
+        stdout.print(f"account {info.name} created")
+
+
+@account_app.command("list")
+def account_list(as_json: JsonOpt = False) -> None:
+    """List accounts."""
+    accounts = run(lambda ledger: ledger.list_accounts())
+    if as_json:
+        emit_json({"accounts": [{"name": a.name, "created_at": iso(a.created_at)} for a in accounts]})
+        return
+    table = Table("account", "created (UTC)")
+    for a in accounts:
+        table.add_row(a.name, a.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    stdout.print(table if accounts else "no accounts yet: `dialer account create NAME`")
+
+
+# -- billing ---------------------------------------------------------------------------------
+
+
+@billing_app.command("topup")
+def billing_topup(
+    account: str,
+    counter: Annotated[str, typer.Option("--counter", help="telephony or speech")],
+    minutes: Annotated[str, typer.Option("--minutes", help="Whole positive minutes.")],
+    reference: Annotated[
+        str | None,
+        typer.Option("--reference", help="Purchase reference; repeating it buys nothing twice."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Buy a minute package: pays off a negative balance first, then accumulates."""
+    which = parse_counter(counter)
+    whole = parse_minutes(minutes)
+    result = run(lambda ledger: ledger.buy_package(account, which, whole, reference=reference))
+    structlog.get_logger().info(
+        "package bought", account=account, counter=which.value, minutes=whole, replayed=result.replayed
+    )
+    if as_json:
+        emit_json(
+            {
+                "account": account,
+                "counter": which.value,
+                "minutes": whole,
+                "balance_seconds": result.balance_seconds,
+                "replayed": result.replayed,
+                "restored": result.signal is not None,
+            }
+        )
+        return
+    note = " (already recorded under this reference: nothing added)" if result.replayed else ""
+    stdout.print(
+        f"{account}: +{whole} min {which.value}{note}; balance now "
+        f"{format_seconds(result.balance_seconds)}"
+    )
+    if result.signal is not None:
+        stdout.print(
+            "balance positive again; campaigns paused for balance stay paused until resumed"
+        )
+
+
+@billing_app.command("balance")
+def billing_balance(account: str, as_json: JsonOpt = False) -> None:
+    """Show the balance of every counter."""
+    balances = run(lambda ledger: ledger.balances(account))
+    if as_json:
+        emit_json(
+            {
+                "account": account,
+                "counters": {c.value: {"balance_seconds": balances[c]} for c in Counter},
+            }
+        )
+        return
+    table = Table("counter", "balance", "seconds", title=f"account {account}")
+    for c in Counter:
+        table.add_row(c.value, format_seconds(balances[c]), str(balances[c]))
+    stdout.print(table)
+
+
+@billing_app.command("usage")
+def billing_usage(
+    account: str,
+    period: Annotated[
+        str | None, typer.Option("--period", help="YYYY-MM (default: this month, UTC).")
+    ] = None,
+    campaign: Annotated[str | None, typer.Option("--campaign", help="Only this campaign.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Usage in a billing period: unique contacts reached and billed time per counter."""
+    which = Period.parse(period) if period is not None else Period.containing(utcnow())
+    report = run(lambda ledger: ledger.usage(account, which, campaign))
+    if as_json:
+        emit_json(usage_document(report))
+        return
+    stdout.print(
+        f"account {account}, period {report.period}: {report.unique_contacts} unique contacts"
+    )
+    table = Table("campaign", "contacts", *(c.value for c in Counter))
+    for row in report.campaigns:
+        table.add_row(
+            row.campaign,
+            str(row.unique_contacts),
+            *(format_seconds(row.billed_seconds[c]) for c in Counter),
+        )
+    table.add_row(
+        "[b]total[/b]",
+        str(report.unique_contacts),
+        *(format_seconds(report.billed_seconds[c]) for c in Counter),
+    )
+    stdout.print(table)
+
+
+@billing_app.command("audit")
+def billing_audit(account: str, as_json: JsonOpt = False) -> None:
+    """Check that every balance equals the sum of its ledger entries."""
+    lines = run(lambda ledger: ledger.audit(account))
+    if as_json:
+        emit_json(
+            {
+                "account": account,
+                "consistent": all(line.consistent for line in lines),
+                "counters": {
+                    line.counter.value: {
+                        "balance_seconds": line.balance_seconds,
+                        "sum_of_entries": line.sum_of_entries,
+                    }
+                    for line in lines
+                },
+            }
+        )
+    else:
+        for line in lines:
+            mark = "ok" if line.consistent else "MISMATCH"
+            stdout.print(
+                f"{line.counter.value}: balance {line.balance_seconds} s, entries sum "
+                f"{line.sum_of_entries} s: {mark}"
+            )
+    if not all(line.consistent for line in lines):
+        raise DialerError(f"account {account}: balance differs from the sum of its entries")
+
+
+def usage_document(report: UsageReport) -> dict[str, Any]:
+    return {
+        "account": report.account,
+        "period": str(report.period),
+        "unique_contacts": report.unique_contacts,
+        "billed_seconds": {c.value: report.billed_seconds[c] for c in Counter},
+        "campaigns": [
+            {
+                "campaign": row.campaign,
+                "unique_contacts": row.unique_contacts,
+                "billed_seconds": {c.value: row.billed_seconds[c] for c in Counter},
+            }
+            for row in report.campaigns
+        ],
+    }
+
+
+def format_seconds(seconds: int) -> str:
+    sign = "-" if seconds < 0 else ""
+    minutes, rest = divmod(abs(seconds), 60)
+    return f"{sign}{minutes}:{rest:02d}"
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo() -> None:
+    """A walk-through of minute billing on the configured database (SQLite by default)."""
+    from dialer.demo import run_demo
+
+    cfg = settings()
+    asyncio.run(run_demo(cfg, stdout))
+
+
+# -- entry point -----------------------------------------------------------------------------
+
+
+def _split_config(argv: list[str]) -> Iterator[str]:
+    """Accept --config anywhere on the line, not only before the subcommand."""
+    it = iter(argv)
+    for arg in it:
+        if arg == "--config":
+            OPTIONS.config = next(it, None) or ""
+            if not OPTIONS.config:
+                raise ConfigError("--config needs a file path")
+        elif arg.startswith("--config="):
+            OPTIONS.config = arg.split("=", 1)[1]
+        else:
+            yield arg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = list(_split_config(args))
+        command = typer.main.get_command(app)
+        result = command.main(args, prog_name="dialer", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except typer.Exit as done:
+        return done.exit_code
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 130
+    except typer.TyperException as usage:
+        print(f"error: {usage.format_message()}", file=sys.stderr)
+        return int(getattr(usage, "exit_code", 2))
+    except (BillingError, ConfigError, DialerError) as refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as bug:  # the edge: never a traceback for the user, but never silent
+        structlog.get_logger().debug("unexpected error", exc_info=True)
+        print(
+            f"error: unexpected {type(bug).__name__}: {bug} "
+            "(run with DIALER_LOGGING__LEVEL=debug for details)",
+            file=sys.stderr,
+        )
+        return 70
+

@@ -1,0 +1,136 @@
+"""Configuration: built-in defaults < dialer.toml < DIALER_* environment (nested with __).
+
+The file comes from ``--config PATH``, else ``DIALER_CONFIG``, else ``./dialer.toml``; a
+missing default file means built-in defaults, a missing named file is an error. Unknown
+keys are refused, so a typo does not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from billing.errors import BillingError
+from billing.tariff import DEFAULT_INCREMENT_SECONDS, Tariff
+
+DEFAULT_CONFIG_FILE = Path("dialer.toml")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseConfig(Section):
+    url: str = "sqlite:///dialer.db"
+
+
+class SipConfig(Section):
+    bind_address: str = "127.0.0.1"
+    port: int = Field(default=5060, ge=1, le=65535)
+    lines: int = Field(default=4, ge=1, le=256)
+    rtp_port_base: int = Field(default=20000, ge=1024, le=65000)
+
+
+class MqttConfig(Section):
+    url: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+
+
+class BillingConfig(Section):
+    increment_seconds: int = Field(default=DEFAULT_INCREMENT_SECONDS, ge=1, le=3600)
+    period: Literal["month"] = "month"
+    #: {"platform": {"telephony": ["bot", "agent"], ...}, "customer": {...}}; omitted = default
+    tariff: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
+
+    @field_validator("tariff")
+    @classmethod
+    def _tariff_is_valid(cls, value: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
+        try:
+            Tariff.from_table(value)
+        except BillingError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def make_tariff(self) -> Tariff:
+        return Tariff.from_table(self.tariff, increment_seconds=self.increment_seconds)
+
+
+class LoggingConfig(Section):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DIALER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    sip: SipConfig = Field(default_factory=SipConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    billing: BillingConfig = Field(default_factory=BillingConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first, then the file (passed in as init kwargs by load_settings).
+        return (env_settings, init_settings)
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> tuple[Path, bool]:
+    """(path, named): named paths must exist; the default one may be absent."""
+    if explicit:
+        return Path(explicit), True
+    from_env = os.environ.get("DIALER_CONFIG")
+    if from_env:
+        return Path(from_env), True
+    return DEFAULT_CONFIG_FILE, False
+
+
+def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
+    path, named = config_path(explicit)
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: cannot be read: {exc}") from None
+    elif named:
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        source = f"config file {path}" if path.exists() else "configuration"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {where}: {error['msg']}{more}") from None

@@ -1,0 +1,130 @@
+"""Shared fixtures: real SQLite files and real PostgreSQL databases.
+
+PostgreSQL is the local server (127.0.0.1:5432, database `test`). If it is down we start
+it; if it still cannot be reached the tests FAIL (never skip): the ledger's locking is
+only proven on PostgreSQL. Each test gets its own database, copied from a migrated
+template, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from billing.storage import make_engine
+from dialer import db
+
+ADMIN_DSN = os.environ.get(
+    "DIALER_TEST_PG_DSN", "postgresql://postgres:postgres@127.0.0.1:5432/test"
+)
+
+
+def _pg_url(database: str) -> str:
+    base = ADMIN_DSN.rsplit("/", 1)[0]
+    return f"{base}/{database}".replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+async def _admin(*statements: str) -> None:
+    conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def _pg_reachable() -> bool:
+    try:
+        asyncio.run(_admin("SELECT 1"))
+        return True
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+
+
+def _start_postgres() -> None:
+    versions = sorted(os.path.basename(p) for p in glob.glob("/etc/postgresql/*"))
+    if not versions:
+        return
+    command = ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start"]
+    if os.geteuid() != 0:
+        command.insert(0, "sudo")
+    subprocess.run(command, check=False, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated template database; the server is started if it is down."""
+    if not _pg_reachable():
+        _start_postgres()
+        deadline = time.monotonic() + 30
+        while not _pg_reachable() and time.monotonic() < deadline:
+            time.sleep(0.5)
+    if not _pg_reachable():
+        pytest.fail(
+            f"PostgreSQL is not reachable at {ADMIN_DSN} even after trying to start it; "
+            "run ./dev setup"
+        )
+    name = f"dialer_tmpl_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+
+    async def migrate() -> None:
+        engine = make_engine(_pg_url(name), create=True)
+        try:
+            await db.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate())
+    yield name
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test."""
+    name = f"dialer_test_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+    yield _pg_url(name)
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def pg_empty_url() -> Iterator[str]:
+    """A fresh PostgreSQL database with no schema."""
+    if not _pg_reachable():
+        _start_postgres()
+    name = f"dialer_empty_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    yield _pg_url(name)
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh, migrated SQLite file."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+
+    async def migrate() -> None:
+        engine = make_engine(url, create=True)
+        try:
+            await db.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate())
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Each ledger test runs on real SQLite and on real PostgreSQL."""
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
