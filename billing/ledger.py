@@ -25,14 +25,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, distinct, func, insert, select, update
+from sqlalchemy import Connection, Select, bindparam, distinct, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from billing.errors import BillingError, DuplicateAccount, IdempotencyConflict, UnknownAccount
 from billing.models import Account, CounterBalance, LedgerEntry, Package
 from billing.period import Period, to_naive_utc, utcnow
+from billing.storage import Database
 from billing.tariff import Counter, Tariff, TrunkKind
 
 ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -143,57 +143,140 @@ def debit_key(call_id: str, counter: Counter, increment: int) -> str:
     return f"debit:{call_id}:{counter.value}:{increment}"
 
 
-def _insert_ignoring_duplicate_key(conn: AsyncConnection, values: dict[str, Any]) -> Any:
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(ENTRY).values(values).on_conflict_do_nothing(
-            index_elements=["idempotency_key"]
-        )
-    if dialect == "sqlite":
-        return sqlite.insert(ENTRY).values(values).on_conflict_do_nothing(
-            index_elements=["idempotency_key"]
-        )
-    raise BillingError(f"unsupported database dialect {dialect!r}")
-
-
-async def account_id(conn: AsyncConnection, name: str) -> int:
-    row = (await conn.execute(select(ACCOUNT.c.id).where(ACCOUNT.c.name == name))).first()
+def account_id(conn: Connection, name: str) -> int:
+    row = conn.execute(select(ACCOUNT.c.id).where(ACCOUNT.c.name == name)).first()
     if row is None:
         raise UnknownAccount(name)
     return int(row[0])
 
 
-async def read_balances(conn: AsyncConnection, acct_id: int) -> dict[Counter, int]:
-    rows = await conn.execute(
+def read_balances(conn: Connection, acct_id: int) -> dict[Counter, int]:
+    rows = conn.execute(
         select(BALANCE.c.counter, BALANCE.c.balance_seconds).where(BALANCE.c.account_id == acct_id)
     )
     return {Counter(r.counter): int(r.balance_seconds) for r in rows}
 
 
-async def gate(
-    conn: AsyncConnection, acct_id: int, trunk: TrunkKind, tariff: Tariff
-) -> GateDecision:
+def gate(conn: Connection, acct_id: int, trunk: TrunkKind, tariff: Tariff) -> GateDecision:
     """May this account dial on this kind of trunk? Every counter the tariff charges > 0.
 
-    Takes a connection so that the dialer can ask inside the transaction that claims a
+    A transaction step, so that the dialer can ask inside the transaction that claims a
     contact.
     """
-    balances = await read_balances(conn, acct_id)
+    balances = read_balances(conn, acct_id)
     blocking = tuple(c for c in tariff.charged_counters(trunk) if balances.get(c, 0) <= 0)
     return GateDecision(allowed=not blocking, balances=balances, blocking=blocking)
+
+
+ENTRY_COLUMNS = (
+    "account_id",
+    "counter",
+    "kind",
+    "seconds",
+    "idempotency_key",
+    "call_id",
+    "increment",
+    "campaign",
+    "contact",
+    "created_at",
+)
+
+
+def _entry_values(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: values.get(name) for name in ENTRY_COLUMNS}
+
+
+_ENTRY_PARAMS = {name: bindparam(f"e_{name}", type_=ENTRY.c[name].type) for name in ENTRY_COLUMNS}
+
+
+def _pg_append_statement() -> Any:
+    """Insert the entry and move its balance in ONE statement (built once: it is hot).
+
+    If the key exists, the insert yields no row and the balance does not move. The
+    UPDATE re-reads a row another writer just changed, so no update is lost.
+    """
+    new_entry = (
+        postgresql.insert(ENTRY)
+        .values(_ENTRY_PARAMS)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(ENTRY.c.id, ENTRY.c.account_id, ENTRY.c.counter, ENTRY.c.seconds)
+        .cte("new_entry")
+    )
+    return (
+        update(BALANCE)
+        .where(
+            BALANCE.c.account_id == new_entry.c.account_id,
+            BALANCE.c.counter == new_entry.c.counter,
+        )
+        .values(balance_seconds=BALANCE.c.balance_seconds + new_entry.c.seconds)
+        .returning(new_entry.c.id, BALANCE.c.balance_seconds)
+    )
+
+
+_PG_APPEND = _pg_append_statement()
+_SQLITE_INSERT = (
+    sqlite.insert(ENTRY)
+    .values(_ENTRY_PARAMS)
+    .on_conflict_do_nothing(index_elements=["idempotency_key"])
+    .returning(ENTRY.c.id)
+)
+_MOVE_BALANCE = (
+    update(BALANCE)
+    .where(
+        BALANCE.c.account_id == _ENTRY_PARAMS["account_id"],
+        BALANCE.c.counter == _ENTRY_PARAMS["counter"],
+    )
+    .values(balance_seconds=BALANCE.c.balance_seconds + _ENTRY_PARAMS["seconds"])
+    .returning(BALANCE.c.balance_seconds)
+)
+
+
+def append_entry(conn: Connection, values: dict[str, Any]) -> tuple[int, int] | None:
+    """Insert the entry and move its balance in the same transaction.
+
+    Returns (entry id, balance after), or None when the key exists already (a replay).
+    """
+    if conn.dialect.name == "postgresql":
+        row = conn.execute(_PG_APPEND, {f"e_{k}": v for k, v in _entry_values(values).items()})
+        found = row.first()
+        return None if found is None else (int(found[0]), int(found[1]))
+    # SQLite: the transaction began IMMEDIATE, so no other writer runs in between.
+    params = {f"e_{k}": v for k, v in _entry_values(values).items()}
+    inserted = conn.execute(_SQLITE_INSERT, params).scalar_one_or_none()
+    if inserted is None:
+        return None
+    after = conn.execute(_MOVE_BALANCE, params).scalar_one()
+    return int(inserted), int(after)
+
+
+def replayed_entry(conn: Connection, account: str, values: dict[str, Any]) -> EntryResult:
+    """The original entry of a replayed key; a different payload is refused."""
+    original = conn.execute(
+        select(ENTRY).where(ENTRY.c.idempotency_key == values["idempotency_key"])
+    ).one()
+    for name in ("account_id", "counter", "kind", "seconds", "call_id", "increment"):
+        if name in values and getattr(original, name) != values[name]:
+            raise IdempotencyConflict(
+                f"entry {values['idempotency_key']!r} exists with a different {name}"
+                f" ({getattr(original, name)!r}, not {values[name]!r})"
+            )
+    counter = Counter(original.counter)
+    balance = read_balances(conn, original.account_id)[counter]
+    return EntryResult(int(original.id), account, counter, int(original.seconds), balance, True)
 
 
 class Ledger:
     def __init__(
         self,
-        engine: AsyncEngine,
+        database: Database,
         tariff: Tariff | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self.engine = engine
+        self.database = database
         self.tariff = tariff or Tariff()
         self._clock = clock
         self._listeners: list[SignalListener] = []
+        self._account_ids: dict[str, int] = {}  # names are immutable and never deleted
 
     def subscribe(self, listener: SignalListener) -> None:
         """Call ``listener`` after commit for every exhausted/restored signal."""
@@ -205,39 +288,52 @@ class Ledger:
         for listener in self._listeners:
             await listener(signal)
 
+    def _account_id(self, conn: Connection, name: str) -> int:
+        cached = self._account_ids.get(name)
+        if cached is None:
+            cached = self._account_ids[name] = account_id(conn, name)
+        return cached
+
     # -- accounts -------------------------------------------------------------------------
 
     async def create_account(self, name: str) -> AccountInfo:
         validate_account_name(name)
         created = self._clock()
+
+        def create(conn: Connection) -> None:
+            new_id = conn.execute(
+                insert(ACCOUNT).values(name=name, created_at=created).returning(ACCOUNT.c.id)
+            ).scalar_one()
+            conn.execute(
+                insert(BALANCE),
+                [{"account_id": new_id, "counter": c.value, "balance_seconds": 0} for c in Counter],
+            )
+
         try:
-            async with self.engine.begin() as conn:
-                result = await conn.execute(
-                    insert(ACCOUNT).values(name=name, created_at=created).returning(ACCOUNT.c.id)
-                )
-                new_id = result.scalar_one()
-                await conn.execute(
-                    insert(BALANCE),
-                    [{"account_id": new_id, "counter": c.value, "balance_seconds": 0} for c in Counter],
-                )
+            await self.database.run(create)
         except IntegrityError:
             raise DuplicateAccount(name) from None
         return AccountInfo(name=name, created_at=created)
 
     async def list_accounts(self) -> list[AccountInfo]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
+        def rows(conn: Connection) -> list[AccountInfo]:
+            result = conn.execute(
                 select(ACCOUNT.c.name, ACCOUNT.c.created_at).order_by(ACCOUNT.c.name)
             )
-            return [AccountInfo(name=r.name, created_at=r.created_at) for r in rows]
+            return [AccountInfo(name=r.name, created_at=r.created_at) for r in result]
+
+        return await self.database.run(rows, write=False)
 
     async def balances(self, account: str) -> dict[Counter, int]:
-        async with self.engine.connect() as conn:
-            return await read_balances(conn, await account_id(conn, account))
+        return await self.database.run(
+            lambda conn: read_balances(conn, self._account_id(conn, account)), write=False
+        )
 
     async def may_dial(self, account: str, trunk: TrunkKind) -> GateDecision:
-        async with self.engine.connect() as conn:
-            return await gate(conn, await account_id(conn, account), trunk, self.tariff)
+        return await self.database.run(
+            lambda conn: gate(conn, self._account_id(conn, account), trunk, self.tariff),
+            write=False,
+        )
 
     # -- movements ------------------------------------------------------------------------
 
@@ -255,26 +351,24 @@ class Ledger:
         ``reference`` makes the purchase idempotent (e.g. a payment or request id).
         """
         minutes = parse_minutes(minutes)
-        key = f"package:{reference or uuid.uuid4().hex}"
         when = to_naive_utc(at) if at else self._clock()
         seconds = minutes * 60
-        async with self.engine.begin() as conn:
-            acct = await account_id(conn, account)
-            entry = await self._append(
-                conn,
-                {
-                    "account_id": acct,
-                    "counter": counter.value,
-                    "kind": "package",
-                    "seconds": seconds,
-                    "idempotency_key": key,
-                    "created_at": when,
-                },
-            )
-            if isinstance(entry, EntryResult):
-                return entry
-            entry_id, after = entry
-            await conn.execute(
+
+        def buy(conn: Connection) -> EntryResult:
+            acct = self._account_id(conn, account)
+            values = {
+                "account_id": acct,
+                "counter": counter.value,
+                "kind": "package",
+                "seconds": seconds,
+                "idempotency_key": f"package:{reference or uuid.uuid4().hex}",
+                "created_at": when,
+            }
+            appended = append_entry(conn, values)
+            if appended is None:
+                return replayed_entry(conn, account, values)
+            entry_id, after = appended
+            conn.execute(
                 insert(PACKAGE).values(
                     account_id=acct,
                     counter=counter.value,
@@ -283,12 +377,14 @@ class Ledger:
                     bought_at=when,
                 )
             )
-        before = after - seconds
-        signal = None
-        if before <= 0 < after:
-            signal = BalanceSignal(SignalKind.RESTORED, account, counter, after)
-        result = EntryResult(entry_id, account, counter, seconds, after, False, signal)
-        await self._emit(signal)
+            before = after - seconds
+            signal = None
+            if before <= 0 < after:
+                signal = BalanceSignal(SignalKind.RESTORED, account, counter, after)
+            return EntryResult(entry_id, account, counter, seconds, after, False, signal)
+
+        result = await self.database.run(buy)
+        await self._emit(result.signal)
         return result
 
     async def debit(
@@ -315,141 +411,105 @@ class Ledger:
         if not call_id:
             raise BillingError("a debit needs a call id")
         when = to_naive_utc(at) if at else self._clock()
-        async with self.engine.begin() as conn:
-            acct = await account_id(conn, account)
-            entry = await self._append(
-                conn,
-                {
-                    "account_id": acct,
-                    "counter": counter.value,
-                    "kind": "debit",
-                    "seconds": -seconds,
-                    "idempotency_key": debit_key(call_id, counter, increment),
-                    "call_id": call_id,
-                    "increment": increment,
-                    "campaign": campaign,
-                    "contact": contact,
-                    "created_at": when,
-                },
-            )
-        if isinstance(entry, EntryResult):
-            return entry
-        entry_id, after = entry
-        signal = None
-        if after <= 0:
-            signal = BalanceSignal(SignalKind.EXHAUSTED, account, counter, after)
-        result = EntryResult(entry_id, account, counter, -seconds, after, False, signal)
-        await self._emit(signal)
+
+        def take(conn: Connection) -> EntryResult:
+            values = {
+                "account_id": self._account_id(conn, account),
+                "counter": counter.value,
+                "kind": "debit",
+                "seconds": -seconds,
+                "idempotency_key": debit_key(call_id, counter, increment),
+                "call_id": call_id,
+                "increment": increment,
+                "campaign": campaign,
+                "contact": contact,
+                "created_at": when,
+            }
+            appended = append_entry(conn, values)
+            if appended is None:
+                return replayed_entry(conn, account, values)
+            entry_id, after = appended
+            signal = None
+            if after <= 0:
+                signal = BalanceSignal(SignalKind.EXHAUSTED, account, counter, after)
+            return EntryResult(entry_id, account, counter, -seconds, after, False, signal)
+
+        result = await self.database.run(take)
+        await self._emit(result.signal)
         return result
-
-    async def _append(
-        self, conn: AsyncConnection, values: dict[str, Any]
-    ) -> tuple[int, int] | EntryResult:
-        """Insert the entry and move the balance; on a replayed key, the original entry."""
-        stmt = _insert_ignoring_duplicate_key(conn, values).returning(ENTRY.c.id)
-        entry_id = (await conn.execute(stmt)).scalar_one_or_none()
-        if entry_id is None:
-            return await self._replayed(conn, values)
-        after = (
-            await conn.execute(
-                update(BALANCE)
-                .where(
-                    BALANCE.c.account_id == values["account_id"],
-                    BALANCE.c.counter == values["counter"],
-                )
-                .values(balance_seconds=BALANCE.c.balance_seconds + values["seconds"])
-                .returning(BALANCE.c.balance_seconds)
-            )
-        ).scalar_one()
-        return int(entry_id), int(after)
-
-    async def _replayed(self, conn: AsyncConnection, values: dict[str, Any]) -> EntryResult:
-        original = (
-            await conn.execute(
-                select(ENTRY).where(ENTRY.c.idempotency_key == values["idempotency_key"])
-            )
-        ).one()
-        for name in ("account_id", "counter", "kind", "seconds", "call_id", "increment"):
-            if name in values and getattr(original, name) != values[name]:
-                raise IdempotencyConflict(
-                    f"entry {values['idempotency_key']!r} exists with a different {name}"
-                    f" ({getattr(original, name)!r}, not {values[name]!r})"
-                )
-        balance = (await read_balances(conn, original.account_id))[Counter(original.counter)]
-        name = (
-            await conn.execute(select(ACCOUNT.c.name).where(ACCOUNT.c.id == original.account_id))
-        ).scalar_one()
-        return EntryResult(
-            int(original.id), name, Counter(original.counter), int(original.seconds), balance, True
-        )
 
     # -- reports --------------------------------------------------------------------------
 
-    async def usage(
-        self, account: str, period: Period, campaign: str | None = None
-    ) -> UsageReport:
+    async def usage(self, account: str, period: Period, campaign: str | None = None) -> UsageReport:
         """Debited seconds and unique contacts reached, by debit time, in one period."""
 
-        def debits(*columns: Any) -> Select[Any]:
-            stmt = select(*columns).where(
-                ENTRY.c.account_id == acct,
-                ENTRY.c.kind == "debit",
-                ENTRY.c.created_at >= period.start,
-                ENTRY.c.created_at < period.end,
-            )
-            return stmt if campaign is None else stmt.where(ENTRY.c.campaign == campaign)
+        def report(conn: Connection) -> UsageReport:
+            acct = self._account_id(conn, account)
 
-        contacts = func.count(distinct(ENTRY.c.contact))
-        billed = func.sum(-ENTRY.c.seconds)
-        async with self.engine.connect() as conn:
-            acct = await account_id(conn, account)
-            total_contacts = (await conn.execute(debits(contacts))).scalar_one()
-            totals = await conn.execute(debits(ENTRY.c.counter, billed).group_by(ENTRY.c.counter))
-            per_counter = _zero_counters() | {Counter(r[0]): int(r[1]) for r in totals}
+            def debits(*columns: Any) -> Select[Any]:
+                stmt = select(*columns).where(
+                    ENTRY.c.account_id == acct,
+                    ENTRY.c.kind == "debit",
+                    ENTRY.c.created_at >= period.start,
+                    ENTRY.c.created_at < period.end,
+                )
+                return stmt if campaign is None else stmt.where(ENTRY.c.campaign == campaign)
+
+            contacts = func.count(distinct(ENTRY.c.contact))
+            billed = func.sum(-ENTRY.c.seconds)
+            in_campaigns = ENTRY.c.campaign.is_not(None)
+            total_contacts = conn.execute(debits(contacts)).scalar_one()
+            totals = conn.execute(debits(ENTRY.c.counter, billed).group_by(ENTRY.c.counter))
+            per_counter = _zero_counters() | {Counter(c): int(n) for c, n in totals}
             by_campaign: dict[str, dict[Counter, int]] = {}
-            rows = await conn.execute(
+            rows = conn.execute(
                 debits(ENTRY.c.campaign, ENTRY.c.counter, billed)
-                .where(ENTRY.c.campaign.is_not(None))
+                .where(in_campaigns)
                 .group_by(ENTRY.c.campaign, ENTRY.c.counter)
             )
             for name, counter, seconds in rows:
                 by_campaign.setdefault(name, _zero_counters())[Counter(counter)] = int(seconds)
-            rows = await conn.execute(
-                debits(ENTRY.c.campaign, contacts)
-                .where(ENTRY.c.campaign.is_not(None))
-                .group_by(ENTRY.c.campaign)
+            reached = conn.execute(
+                debits(ENTRY.c.campaign, contacts).where(in_campaigns).group_by(ENTRY.c.campaign)
             )
-            campaign_contacts = {name: int(count) for name, count in rows}
-        return UsageReport(
-            account=account,
-            period=period,
-            unique_contacts=int(total_contacts or 0),
-            billed_seconds=per_counter,
-            campaigns=[
-                CampaignUsage(name, int(campaign_contacts.get(name, 0)), by_campaign[name])
-                for name in sorted(by_campaign)
-            ],
-        )
+            campaign_contacts = {name: int(count) for name, count in reached}
+            return UsageReport(
+                account=account,
+                period=period,
+                unique_contacts=int(total_contacts or 0),
+                billed_seconds=per_counter,
+                campaigns=[
+                    CampaignUsage(name, campaign_contacts.get(name, 0), by_campaign[name])
+                    for name in sorted(by_campaign)
+                ],
+            )
+
+        return await self.database.run(report, write=False)
 
     async def audit(self, account: str) -> list[AuditLine]:
         """Materialised balance vs. the sum of entries, per counter."""
-        async with self.engine.connect() as conn:
-            acct = await account_id(conn, account)
-            balances = await read_balances(conn, acct)
-            rows = await conn.execute(
+
+        def compare(conn: Connection) -> list[AuditLine]:
+            acct = self._account_id(conn, account)
+            balances = read_balances(conn, acct)
+            rows = conn.execute(
                 select(ENTRY.c.counter, func.sum(ENTRY.c.seconds))
                 .where(ENTRY.c.account_id == acct)
                 .group_by(ENTRY.c.counter)
             )
             sums = {counter: int(total) for counter, total in rows}
-        return [AuditLine(c, balances.get(c, 0), sums.get(c.value, 0)) for c in Counter]
+            return [AuditLine(c, balances.get(c, 0), sums.get(c.value, 0)) for c in Counter]
+
+        return await self.database.run(compare, write=False)
 
     async def entries(self, account: str) -> Sequence[Any]:
-        async with self.engine.connect() as conn:
-            acct = await account_id(conn, account)
-            return (
-                await conn.execute(select(ENTRY).where(ENTRY.c.account_id == acct).order_by(ENTRY.c.id))
+        def rows(conn: Connection) -> Sequence[Any]:
+            acct = self._account_id(conn, account)
+            return conn.execute(
+                select(ENTRY).where(ENTRY.c.account_id == acct).order_by(ENTRY.c.id)
             ).all()
+
+        return await self.database.run(rows, write=False)
 
 
 def _zero_counters() -> dict[Counter, int]:

@@ -60,7 +60,10 @@ _TRANSITIONS: dict[tuple[MeterState, MeterEvent], MeterState] = {
     (MeterState.AGENT, MeterEvent.TICK): MeterState.AGENT,
 }
 
-_SEGMENT_OF: dict[MeterState, Segment] = {MeterState.BOT: Segment.BOT, MeterState.AGENT: Segment.AGENT}
+_SEGMENT_OF: dict[MeterState, Segment] = {
+    MeterState.BOT: Segment.BOT,
+    MeterState.AGENT: Segment.AGENT,
+}
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,9 @@ class CallMeter:
         spans = list(self._closed)
         if self._segment_start_ms is not None and self.state in _SEGMENT_OF:
             assert self._last_ms is not None
-            spans.append(SegmentSpan(_SEGMENT_OF[self.state], self._segment_start_ms, self._last_ms))
+            spans.append(
+                SegmentSpan(_SEGMENT_OF[self.state], self._segment_start_ms, self._last_ms)
+            )
         return spans
 
     def billable_ms(self, counter: Counter, at: float | None = None) -> int:

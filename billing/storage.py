@@ -1,83 +1,169 @@
-"""The SQL engine the ledger needs: async, and serialising writers on SQLite.
+"""The database the ledger (and later the dialer) runs its transactions on.
 
-SQLAlchemy's SQLite dialect drops ``FOR UPDATE``, and pysqlite's deferred BEGIN lets
-two writers read the same balance. So every SQLite transaction starts with
-``BEGIN IMMEDIATE`` (one writer at a time, the others wait up to the busy timeout),
-in WAL mode so readers are not blocked. PostgreSQL needs nothing special: the ledger's
-writes are single atomic ``UPDATE ... RETURNING`` statements.
+Transactions are plain functions of a SQLAlchemy ``Connection`` (Core statements, no
+I/O of their own), handed to ``Database.run``. How they run depends on the backend:
+
+* PostgreSQL: on the async engine (asyncpg), via ``AsyncConnection.run_sync``. Writers
+  rely on single atomic ``UPDATE ... RETURNING`` statements and row locks.
+* SQLite: on the blocking pysqlite driver, one whole transaction per hop to a worker
+  thread. Measured here (docs/benchmarks.md): aiosqlite costs ~0.27 ms per statement in
+  thread hand-offs, which capped a debit at ~300/s; one hop per transaction is several
+  times faster. Write transactions start with ``BEGIN IMMEDIATE`` (SQLAlchemy's SQLite
+  dialect drops ``FOR UPDATE``, and a deferred BEGIN would let two writers read the same
+  balance); read transactions use a plain deferred BEGIN, in WAL mode so they never
+  block the writer.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from billing.errors import BillingError
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+T = TypeVar("T")
 
-_ASYNC_DRIVERS = {
-    "sqlite": "sqlite+aiosqlite",
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_READERS = 4
+
+_DRIVERS = {
+    "sqlite": "sqlite+pysqlite",
+    "sqlite+pysqlite": "sqlite+pysqlite",
+    "sqlite+aiosqlite": "sqlite+pysqlite",
     "postgresql": "postgresql+asyncpg",
     "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
     "postgresql+psycopg2": "postgresql+asyncpg",
 }
 
 
 class DatabaseUnavailable(BillingError):
-    """The database cannot be opened; the message says what to do."""
+    """The database cannot be opened or used; the message says what to do."""
 
 
 def normalise_url(url: str) -> URL:
-    """Accept plain ``sqlite:///`` and ``postgresql://`` URLs and pick the async driver."""
+    """Accept ``sqlite:///FILE`` and ``postgresql://...`` (any driver suffix) and pick ours."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise DatabaseUnavailable(f"database url {url!r} is not a valid URL") from None
-    driver = _ASYNC_DRIVERS.get(parsed.drivername, parsed.drivername)
-    if driver not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+    driver = _DRIVERS.get(parsed.drivername)
+    if driver is None:
         raise DatabaseUnavailable(
             f"database url uses {parsed.drivername!r}; use sqlite:///FILE or postgresql://..."
         )
     return parsed.set(drivername=driver)
 
 
-def sqlite_path(url: URL) -> Path | None:
-    """The file of a SQLite URL, or None for an in-memory database or another backend."""
-    if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
-        return None
-    return Path(url.database)
+def describe(url: str | URL) -> str:
+    """The URL without its password, for messages and logs."""
+    parsed = normalise_url(url) if isinstance(url, str) else url
+    return parsed.render_as_string(hide_password=True)
 
 
-def make_engine(url: str, *, create: bool = False, **engine_kwargs: Any) -> AsyncEngine:
-    """An async engine for ``url``.
+class Database:
+    """One database, whichever backend; ``run`` executes a transaction function on it."""
 
-    ``create=False`` refuses a SQLite file that does not exist yet instead of silently
-    creating an empty one (only ``dialer db upgrade`` should create it).
-    """
-    parsed = normalise_url(url)
-    path = sqlite_path(parsed)
-    if path is not None:
+    def __init__(self, url: str, *, create: bool = False, pool_size: int = 5) -> None:
+        self.url = normalise_url(url)
+        self.shown = describe(self.url)
+        self.dialect = self.url.get_backend_name()
+        self._async: AsyncEngine | None = None
+        self._sync: Engine | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        if self.dialect == "sqlite":
+            self._open_sqlite(create)
+        else:
+            self._async = create_async_engine(
+                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False
+            )
+
+    def _open_sqlite(self, create: bool) -> None:
+        database = self.url.database
+        if database in (None, "", ":memory:"):
+            raise DatabaseUnavailable(
+                "use a SQLite file (sqlite:///FILE), not an in-memory database"
+            )
+        path = Path(database)
         if not create and not path.exists():
             raise DatabaseUnavailable(
                 f"database file {str(path)!r} does not exist: run `dialer db upgrade` first"
             )
         if create and not path.parent.exists():
             raise DatabaseUnavailable(f"cannot create database {str(path)!r}: no such folder")
-        engine_kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-    engine = create_async_engine(parsed, **engine_kwargs)
-    if parsed.drivername.startswith("sqlite"):
-        _serialise_sqlite_writers(engine)
-    return engine
+        self._sync = create_engine(
+            self.url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            pool_size=SQLITE_READERS + 1,
+            max_overflow=0,
+        )
+        _configure_sqlite(self._sync)
+        # One writer thread: SQLite has one writer at a time anyway.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._readers = ThreadPoolExecutor(SQLITE_READERS, thread_name_prefix="sqlite-reader")
+
+    async def run(self, work: Callable[[Connection], T], *, write: bool = True) -> T:
+        """Run ``work`` in one transaction: committed if it returns, rolled back if it raises.
+
+        Failing to connect raises DatabaseUnavailable; errors of ``work`` itself pass through.
+        """
+        if self._async is not None:
+            conn = self._async.connect()
+            try:
+                await conn.start()
+            except (DBAPIError, OSError) as exc:
+                raise self._unavailable(exc) from None
+            try:
+                if not write:
+                    return await conn.run_sync(work)
+                async with conn.begin():
+                    return await conn.run_sync(work)
+            finally:
+                await conn.close()
+        assert self._writer is not None and self._readers is not None
+        pool = self._writer if write else self._readers
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(pool, self._sqlite_transaction, work, write)
+
+    def _sqlite_transaction(self, work: Callable[[Connection], T], write: bool) -> T:
+        assert self._sync is not None
+        try:
+            conn = self._sync.connect().execution_options(sqlite_immediate=write)
+        except (DBAPIError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        with conn, conn.begin():
+            return work(conn)
+
+    def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        return DatabaseUnavailable(f"cannot open database {self.shown}: {first_line(exc)}")
+
+    async def dispose(self) -> None:
+        if self._async is not None:
+            await self._async.dispose()
+        if self._sync is not None:
+            self._sync.dispose()
+        for pool in (self._writer, self._readers):
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.dispose()
 
 
-def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin.
         dbapi_connection.isolation_level = None
@@ -87,6 +173,13 @@ def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get("sqlite_immediate", True)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def first_line(exc: BaseException) -> str:
+    inner = getattr(exc, "orig", None) or exc
+    text = str(inner).strip().splitlines()
+    return text[0] if text else type(inner).__name__

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, AsyncIterator, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import structlog
 import typer
@@ -19,6 +19,7 @@ from rich.table import Table
 from billing.errors import BillingError
 from billing.ledger import Ledger, UsageReport, parse_minutes
 from billing.period import Period, utcnow
+from billing.storage import Database, describe
 from billing.tariff import Counter, parse_counter
 from dialer import db
 from dialer.config import ConfigError, Settings, load_settings
@@ -72,11 +73,11 @@ def settings() -> Settings:
 
 @asynccontextmanager
 async def open_ledger(cfg: Settings) -> AsyncIterator[Ledger]:
-    engine = await db.open_database(cfg.database.url)
+    database = await db.open_database(cfg.database.url)
     try:
-        yield Ledger(engine, cfg.billing.make_tariff())
+        yield Ledger(database, cfg.billing.make_tariff())
     finally:
-        await engine.dispose()
+        await database.dispose()
 
 
 def run(work: Callable[[Ledger], Awaitable[T]]) -> T:
@@ -106,14 +107,11 @@ def db_upgrade(as_json: JsonOpt = False) -> None:
     cfg = settings()
 
     async def main() -> tuple[str | None, str]:
-        engine = db.make_engine(cfg.database.url, create=True)
-        try:
-            return await db.upgrade(engine)
-        finally:
-            await engine.dispose()
+        async with Database(cfg.database.url, create=True) as database:
+            return await db.upgrade(database)
 
     before, after = asyncio.run(main())
-    shown = db.describe(cfg.database.url)
+    shown = describe(cfg.database.url)
     if as_json:
         emit_json({"database": shown, "from_revision": before, "revision": after})
     elif before == after:
@@ -140,7 +138,9 @@ def account_list(as_json: JsonOpt = False) -> None:
     """List accounts."""
     accounts = run(lambda ledger: ledger.list_accounts())
     if as_json:
-        emit_json({"accounts": [{"name": a.name, "created_at": iso(a.created_at)} for a in accounts]})
+        emit_json(
+            {"accounts": [{"name": a.name, "created_at": iso(a.created_at)} for a in accounts]}
+        )
         return
     table = Table("account", "created (UTC)")
     for a in accounts:
@@ -167,7 +167,11 @@ def billing_topup(
     whole = parse_minutes(minutes)
     result = run(lambda ledger: ledger.buy_package(account, which, whole, reference=reference))
     structlog.get_logger().info(
-        "package bought", account=account, counter=which.value, minutes=whole, replayed=result.replayed
+        "package bought",
+        account=account,
+        counter=which.value,
+        minutes=whole,
+        replayed=result.replayed,
     )
     if as_json:
         emit_json(
@@ -353,4 +357,3 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 70
-

@@ -59,7 +59,9 @@ class BillingConfig(Section):
 
     @field_validator("tariff")
     @classmethod
-    def _tariff_is_valid(cls, value: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
+    def _tariff_is_valid(
+        cls, value: dict[str, dict[str, list[str]]]
+    ) -> dict[str, dict[str, list[str]]]:
         try:
             Tariff.from_table(value)
         except BillingError as exc:

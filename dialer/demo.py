@@ -16,6 +16,7 @@ from billing.errors import DuplicateAccount
 from billing.ledger import BalanceSignal, Ledger
 from billing.meter import CallMeter
 from billing.period import Period, utcnow
+from billing.storage import Database
 from billing.tariff import Counter, TrunkKind
 from dialer import db
 from dialer.config import Settings
@@ -46,10 +47,10 @@ CALLS = (
 
 
 async def run_demo(cfg: Settings, out: Console) -> None:
-    engine = db.make_engine(cfg.database.url, create=True)
+    database = Database(cfg.database.url, create=True)
     try:
-        await db.upgrade(engine)
-        ledger = Ledger(engine, cfg.billing.make_tariff())
+        await db.upgrade(database)
+        ledger = Ledger(database, cfg.billing.make_tariff())
         signals: list[BalanceSignal] = []
 
         async def remember(signal: BalanceSignal) -> None:
@@ -57,7 +58,7 @@ async def run_demo(cfg: Settings, out: Console) -> None:
 
         ledger.subscribe(remember)
         account = await _fresh_account(ledger)
-        out.rule(f"[b]Minute billing walk-through[/b] on {db.describe(cfg.database.url)}")
+        out.rule(f"[b]Minute billing walk-through[/b] on {database.shown}")
         out.print(f"created account [b]{account}[/b] (every counter starts at 0)")
         gate = await ledger.may_dial(account, TrunkKind.PLATFORM)
         out.print(f"may it dial on the platform trunk? [b]{gate.allowed}[/b]: {gate.reason()}")
@@ -129,11 +130,9 @@ async def run_demo(cfg: Settings, out: Console) -> None:
                 *(f"{row.billed_seconds[c]} s" for c in Counter),
             )
         out.print(table)
-        out.print(
-            f"try: dialer billing balance {account}   dialer billing usage {account} --json"
-        )
+        out.print(f"try: dialer billing balance {account}   dialer billing usage {account} --json")
     finally:
-        await engine.dispose()
+        await database.dispose()
 
 
 async def _fresh_account(ledger: Ledger) -> str:

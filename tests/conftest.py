@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from billing.storage import make_engine
+from billing.storage import Database
 from dialer import db
 
 ADMIN_DSN = os.environ.get(
@@ -40,6 +40,11 @@ async def _admin(*statements: str) -> None:
             await conn.execute(statement)
     finally:
         await conn.close()
+
+
+async def migrate(url: str) -> None:
+    async with Database(url, create=True) as database:
+        await db.upgrade(database)
 
 
 def _pg_reachable() -> bool:
@@ -76,14 +81,7 @@ def pg_template() -> Iterator[str]:
     name = f"dialer_tmpl_{uuid.uuid4().hex[:10]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
 
-    async def migrate() -> None:
-        engine = make_engine(_pg_url(name), create=True)
-        try:
-            await db.upgrade(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(migrate())
+    asyncio.run(migrate(_pg_url(name)))
     yield name
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
@@ -111,16 +109,8 @@ def pg_empty_url() -> Iterator[str]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """A fresh, migrated SQLite file."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
-
-    async def migrate() -> None:
-        engine = make_engine(url, create=True)
-        try:
-            await db.upgrade(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(migrate())
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    asyncio.run(migrate(url))
     return url
 
 

@@ -13,8 +13,12 @@ from billing.errors import MeterError
 from billing.meter import CallMeter, Debit
 from billing.tariff import Counter, Segment, Tariff, TrunkKind
 
-SEGMENT_SETS = [frozenset(), frozenset({Segment.BOT}), frozenset({Segment.AGENT}),
-                frozenset({Segment.BOT, Segment.AGENT})]
+SEGMENT_SETS = [
+    frozenset(),
+    frozenset({Segment.BOT}),
+    frozenset({Segment.AGENT}),
+    frozenset({Segment.BOT, Segment.AGENT}),
+]
 
 
 @dataclass
@@ -28,8 +32,11 @@ class Call:
         spans: list[tuple[Segment, int, int]] = []
         current: tuple[Segment, int] | None = None
         for method, at in self.events:
-            opens = {"answered": Segment.BOT, "agent_started": Segment.AGENT,
-                     "agent_ended": Segment.BOT}.get(method)
+            opens = {
+                "answered": Segment.BOT,
+                "agent_started": Segment.AGENT,
+                "agent_ended": Segment.BOT,
+            }.get(method)
             if method in ("agent_started", "agent_ended", "hangup") and current is not None:
                 spans.append((current[0], current[1], at))
                 current = None
@@ -44,8 +51,13 @@ def calls(draw: st.DrawFn) -> Call:
     events: list[tuple[str, int]] = []
 
     def gap() -> int:
-        return draw(st.one_of(st.integers(0, 2_000), st.integers(0, 200_000),
-                              st.sampled_from([14_999, 15_000, 15_001, 30_000])))
+        return draw(
+            st.one_of(
+                st.integers(0, 2_000),
+                st.integers(0, 200_000),
+                st.sampled_from([14_999, 15_000, 15_001, 30_000]),
+            )
+        )
 
     def ticks() -> None:
         nonlocal t
@@ -79,8 +91,9 @@ def tariffs(draw: st.DrawFn) -> Tariff:
 
 
 def expected_billable_ms(call: Call, tariff: Tariff, trunk: TrunkKind, counter: Counter) -> int:
-    charged = [e - s for kind, s, e in call.segments()
-               if tariff.charges_during(trunk, counter, kind)]
+    charged = [
+        e - s for kind, s, e in call.segments() if tariff.charges_during(trunk, counter, kind)
+    ]
     if not charged:
         return 0
     return max(sum(charged), 1000)  # billing starts from the first second
@@ -146,8 +159,7 @@ def test_speech_is_not_charged_during_agent_segments(call: Call, trunk: TrunkKin
 
 
 @settings(max_examples=300, deadline=None)
-@given(call=calls(), tariff=tariffs(), trunk=st.sampled_from(list(TrunkKind)),
-       data=st.data())
+@given(call=calls(), tariff=tariffs(), trunk=st.sampled_from(list(TrunkKind)), data=st.data())
 def test_out_of_order_events_are_rejected(
     call: Call, tariff: Tariff, trunk: TrunkKind, data: st.DataObject
 ) -> None:
@@ -158,18 +170,17 @@ def test_out_of_order_events_are_rejected(
     if last == 0:
         return
     before = ({c: meter.billed_seconds(c) for c in Counter}, meter.state, meter.segments())
-    method = data.draw(st.sampled_from(["answered", "agent_started", "agent_ended", "hangup",
-                                        "tick"]))
+    method = data.draw(
+        st.sampled_from(["answered", "agent_started", "agent_ended", "hangup", "tick"])
+    )
     earlier = data.draw(st.integers(0, last - 1))
     with pytest.raises(MeterError):
         getattr(meter, method)(earlier / 1000)
-    assert ({c: meter.billed_seconds(c) for c in Counter}, meter.state,
-            meter.segments()) == before
+    assert ({c: meter.billed_seconds(c) for c in Counter}, meter.state, meter.segments()) == before
 
 
 @settings(max_examples=300, deadline=None)
-@given(call=calls(), tariff=tariffs(), trunk=st.sampled_from(list(TrunkKind)),
-       data=st.data())
+@given(call=calls(), tariff=tariffs(), trunk=st.sampled_from(list(TrunkKind)), data=st.data())
 def test_next_due_at_is_exactly_when_the_next_debit_falls_due(
     call: Call, tariff: Tariff, trunk: TrunkKind, data: st.DataObject
 ) -> None:

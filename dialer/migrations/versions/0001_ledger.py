@@ -27,7 +27,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "billing_balance",
-        sa.Column("account_id", sa.Integer(), sa.ForeignKey("billing_account.id"), primary_key=True),
+        sa.Column(
+            "account_id", sa.Integer(), sa.ForeignKey("billing_account.id"), primary_key=True
+        ),
         sa.Column("counter", sa.String(16), primary_key=True),
         sa.Column("balance_seconds", sa.BigInteger(), nullable=False),
     )
@@ -54,7 +56,11 @@ def upgrade() -> None:
         sa.Column("counter", sa.String(16), nullable=False),
         sa.Column("minutes", sa.Integer(), nullable=False),
         sa.Column(
-            "entry_id", sa.BigInteger(), sa.ForeignKey("billing_entry.id"), nullable=False, unique=True
+            "entry_id",
+            sa.BigInteger(),
+            sa.ForeignKey("billing_entry.id"),
+            nullable=False,
+            unique=True,
         ),
         sa.Column("bought_at", sa.DateTime(), nullable=False),
     )
