@@ -6,8 +6,12 @@ every debit is a real ledger entry on the configured database.
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -130,9 +134,18 @@ async def run_demo(cfg: Settings, out: Console) -> None:
                 *(f"{row.billed_seconds[c]} s" for c in Counter),
             )
         out.print(table)
-        out.print(f"try: dialer billing balance {account}   dialer billing usage {account} --json")
+        exe = _command_name()
+        out.print(f"try: {exe} billing balance {account}   {exe} billing usage {account} --json")
     finally:
         await database.dispose()
+
+
+def _command_name() -> str:
+    """How the user reached us (./.venv/bin/dialer after ./dev demo), for the hint."""
+    invoked = Path(sys.argv[0])
+    if invoked.name == "dialer" and invoked.parent != Path(shutil.which("dialer") or "").parent:
+        return os.path.relpath(invoked)
+    return "dialer"
 
 
 async def _fresh_account(ledger: Ledger) -> str:

@@ -66,8 +66,8 @@ def _start_postgres() -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_template() -> Iterator[str]:
-    """A migrated template database; the server is started if it is down."""
+def pg_server() -> None:
+    """The local PostgreSQL server, started if it is down; unreachable = fail, never skip."""
     if not _pg_reachable():
         _start_postgres()
         deadline = time.monotonic() + 30
@@ -78,6 +78,11 @@ def pg_template() -> Iterator[str]:
             f"PostgreSQL is not reachable at {ADMIN_DSN} even after trying to start it; "
             "run ./dev setup"
         )
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: None) -> Iterator[str]:
+    """A migrated template database."""
     name = f"dialer_tmpl_{uuid.uuid4().hex[:10]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
 
@@ -96,10 +101,8 @@ def pg_url(pg_template: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def pg_empty_url() -> Iterator[str]:
+def pg_empty_url(pg_server: None) -> Iterator[str]:
     """A fresh PostgreSQL database with no schema."""
-    if not _pg_reachable():
-        _start_postgres()
     name = f"dialer_empty_{uuid.uuid4().hex[:10]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     yield _pg_url(name)
