@@ -144,7 +144,8 @@ def _command_name() -> str:
     """How the user reached us (./.venv/bin/dialer after ./dev demo), for the hint."""
     invoked = Path(sys.argv[0])
     if invoked.name == "dialer" and invoked.parent != Path(shutil.which("dialer") or "").parent:
-        return os.path.relpath(invoked)
+        relative = os.path.relpath(invoked)
+        return str(invoked) if relative.startswith("..") else relative
     return "dialer"
 
 
