@@ -129,7 +129,7 @@ def validate_account_name(name: str) -> str:
 def parse_minutes(value: object) -> int:
     """Whole positive minutes, from an int or its decimal text; anything else is refused."""
     text = str(value).strip()
-    if isinstance(value, bool) or not re.fullmatch(r"\+?\d+", text):
+    if isinstance(value, bool) or not re.fullmatch(r"\+?[0-9]+", text):
         raise BillingError(f"minutes must be a whole positive number, got {value!r}")
     minutes = int(text)
     if minutes <= 0:
@@ -137,6 +137,14 @@ def parse_minutes(value: object) -> int:
     if minutes > MAX_PACKAGE_MINUTES:
         raise BillingError(f"minutes must be at most {MAX_PACKAGE_MINUTES}, got {minutes}")
     return minutes
+
+
+MAX_REFERENCE = 200
+
+
+def _check_text(what: str, value: str | None, limit: int) -> None:
+    if value is not None and (not value or len(value) > limit):
+        raise BillingError(f"{what} must be 1-{limit} characters, got {len(value)}")
 
 
 def debit_key(call_id: str, counter: Counter, increment: int) -> str:
@@ -254,7 +262,16 @@ def replayed_entry(conn: Connection, account: str, values: dict[str, Any]) -> En
     original = conn.execute(
         select(ENTRY).where(ENTRY.c.idempotency_key == values["idempotency_key"])
     ).one()
-    for name in ("account_id", "counter", "kind", "seconds", "call_id", "increment"):
+    for name in (
+        "account_id",
+        "counter",
+        "kind",
+        "seconds",
+        "call_id",
+        "increment",
+        "campaign",
+        "contact",
+    ):
         if name in values and getattr(original, name) != values[name]:
             raise IdempotencyConflict(
                 f"entry {values['idempotency_key']!r} exists with a different {name}"
@@ -262,7 +279,14 @@ def replayed_entry(conn: Connection, account: str, values: dict[str, Any]) -> En
             )
     counter = Counter(original.counter)
     balance = read_balances(conn, original.account_id)[counter]
-    return EntryResult(int(original.id), account, counter, int(original.seconds), balance, True)
+    signal = None
+    if original.kind == "debit" and balance <= 0:
+        # Signals are sent after commit; a crash in between would lose this one for good.
+        # The replay that follows a crash sends it again (pausing twice is harmless).
+        signal = BalanceSignal(SignalKind.EXHAUSTED, account, counter, balance)
+    return EntryResult(
+        int(original.id), account, counter, int(original.seconds), balance, True, signal
+    )
 
 
 class Ledger:
@@ -351,6 +375,8 @@ class Ledger:
         ``reference`` makes the purchase idempotent (e.g. a payment or request id).
         """
         minutes = parse_minutes(minutes)
+        if reference is not None:
+            _check_text("reference", reference, MAX_REFERENCE)
         when = to_naive_utc(at) if at else self._clock()
         seconds = minutes * 60
 
@@ -410,6 +436,9 @@ class Ledger:
             raise BillingError(f"increment number must be >= 1, got {increment!r}")
         if not call_id:
             raise BillingError("a debit needs a call id")
+        _check_text("call id", call_id, 128)
+        _check_text("campaign", campaign, 128)
+        _check_text("contact", contact, 64)
         when = to_naive_utc(at) if at else self._clock()
 
         def take(conn: Connection) -> EntryResult:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from billing.errors import BillingError
 
-_PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
+_PERIOD = re.compile(r"^([0-9]{4})-([0-9]{2})$")
 
 
 @dataclass(frozen=True, order=True)
@@ -19,7 +19,11 @@ class Period:
     @classmethod
     def parse(cls, text: str) -> Period:
         match = _PERIOD.match(text.strip())
-        if not match or not 1 <= int(match.group(2)) <= 12 or int(match.group(1)) < 1970:
+        if (
+            not match
+            or not 1 <= int(match.group(2)) <= 12
+            or not 1970 <= int(match.group(1)) <= 9998
+        ):
             raise BillingError(f"malformed period {text!r}: expected YYYY-MM, e.g. 2026-11")
         return cls(int(match.group(1)), int(match.group(2)))
 

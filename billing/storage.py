@@ -32,6 +32,7 @@ from billing.errors import BillingError
 T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SECRET_QUERY_KEYS = frozenset({"password", "passwd", "sslpassword"})
 SQLITE_READERS = 4
 
 _DRIVERS = {
@@ -53,8 +54,10 @@ def normalise_url(url: str) -> URL:
     """Accept ``sqlite:///FILE`` and ``postgresql://...`` (any driver suffix) and pick ours."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise DatabaseUnavailable(f"database url {url!r} is not a valid URL") from None
+    except ArgumentError:  # never echo it: it may hold a password
+        raise DatabaseUnavailable(
+            "database url is not a valid URL: use sqlite:///FILE or postgresql://user@host/db"
+        ) from None
     driver = _DRIVERS.get(parsed.drivername)
     if driver is None:
         raise DatabaseUnavailable(
@@ -66,7 +69,8 @@ def normalise_url(url: str) -> URL:
 def describe(url: str | URL) -> str:
     """The URL without its password, for messages and logs."""
     parsed = normalise_url(url) if isinstance(url, str) else url
-    return parsed.render_as_string(hide_password=True)
+    query = {k: ("***" if k.lower() in SECRET_QUERY_KEYS else v) for k, v in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True)
 
 
 class Database:
@@ -120,10 +124,12 @@ class Database:
             conn = self._async.connect()
             try:
                 await conn.start()
-            except (DBAPIError, OSError) as exc:
+            except (DBAPIError, OSError, ValueError, OverflowError) as exc:
                 raise self._unavailable(exc) from None
             try:
                 if not write:
+                    # one snapshot for every query of a report
+                    await conn.execution_options(isolation_level="REPEATABLE READ")
                     return await conn.run_sync(work)
                 async with conn.begin():
                     return await conn.run_sync(work)
@@ -138,7 +144,7 @@ class Database:
         assert self._sync is not None
         try:
             conn = self._sync.connect().execution_options(sqlite_immediate=write)
-        except (DBAPIError, OSError) as exc:
+        except (DBAPIError, OSError, ValueError) as exc:
             raise self._unavailable(exc) from None
         with conn, conn.begin():
             return work(conn)

@@ -19,12 +19,12 @@ from rich.table import Table
 from billing.errors import BillingError
 from billing.ledger import Ledger, UsageReport, parse_minutes
 from billing.period import Period, utcnow
-from billing.storage import Database, describe
+from billing.storage import Database, describe, first_line
 from billing.tariff import Counter, parse_counter
 from dialer import db
 from dialer.config import ConfigError, Settings, load_settings
 from dialer.errors import DialerError
-from dialer.logs import configure_logging
+from dialer.logs import configure_logging, redact_text
 
 T = TypeVar("T")
 
@@ -163,12 +163,12 @@ def billing_topup(
     as_json: JsonOpt = False,
 ) -> None:
     """Buy a minute package: pays off a negative balance first, then accumulates."""
+    structlog.contextvars.bind_contextvars(account=account)
     which = parse_counter(counter)
     whole = parse_minutes(minutes)
     result = run(lambda ledger: ledger.buy_package(account, which, whole, reference=reference))
     structlog.get_logger().info(
         "package bought",
-        account=account,
         counter=which.value,
         minutes=whole,
         replayed=result.replayed,
@@ -330,6 +330,7 @@ def _split_config(argv: list[str]) -> Iterator[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    configure_logging()  # until the configuration is read: stderr, never stdout
     try:
         args = list(_split_config(args))
         command = typer.main.get_command(app)
@@ -341,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: aborted", file=sys.stderr)
         return 130
     except typer.TyperException as usage:
-        print(f"error: {usage.format_message()}", file=sys.stderr)
+        message = usage.format_message()
+        if message:  # empty: no subcommand given, the help was printed
+            print(f"error: {message}", file=sys.stderr)
         return int(getattr(usage, "exit_code", 2))
     except (BillingError, ConfigError, DialerError) as refused:
         print(f"error: {refused}", file=sys.stderr)
@@ -352,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as bug:  # the edge: never a traceback for the user, but never silent
         structlog.get_logger().debug("unexpected error", exc_info=True)
         print(
-            f"error: unexpected {type(bug).__name__}: {bug} "
+            f"error: unexpected {type(bug).__name__}: {redact_text(first_line(bug))} "
             "(run with DIALER_LOGGING__LEVEL=debug for details)",
             file=sys.stderr,
         )

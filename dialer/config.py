@@ -17,6 +17,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from billing.errors import BillingError
@@ -130,9 +131,25 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
         raise ConfigError(f"config file {path} does not exist")
     try:
         return Settings(**data)
+    except SettingsError:
+        # e.g. a section given as malformed JSON in DIALER_MQTT: name it, never echo it
+        names = sorted(k for k in os.environ if k.startswith("DIALER_") and k != "DIALER_CONFIG")
+        raise ConfigError(
+            f"environment: cannot parse {', '.join(names) or 'a DIALER_ variable'}: "
+            "a section variable must hold a JSON object"
+        ) from None
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"])
-        source = f"config file {path}" if path.exists() else "configuration"
+        loc = [str(p) for p in error["loc"]]
+        where = ".".join(loc)
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{source}: {where}: {error['msg']}{more}") from None
+        raise ConfigError(f"{_source_of(loc, path)}: {where}: {error['msg']}{more}") from None
+
+
+def _source_of(loc: list[str], path: Path) -> str:
+    """Where a bad value came from: an environment variable wins over the file."""
+    for depth in range(len(loc), 0, -1):
+        name = "DIALER_" + "__".join(loc[:depth]).upper()
+        if name in os.environ:
+            return f"environment {name}"
+    return f"config file {path}" if path.exists() else "configuration"

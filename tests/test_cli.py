@@ -242,3 +242,49 @@ def test_console_script_prints_one_error_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr.strip().count("\n") == 0 and "dialer db upgrade" in done.stderr
+
+
+def test_hostile_configuration_and_input_give_one_line_without_secrets(
+    run: Run, monkeypatch: pytest.MonkeyPatch, database: str
+) -> None:
+    run("account", "create", "acme")
+    line = run.fails("billing", "topup", "acme", "--counter", "speech", "--minutes", "x" * 3)
+    assert "minutes" in line
+    line = run.fails(
+        "billing", "topup", "acme", "--counter", "speech", "--minutes", "1",
+        "--reference", "r" * 300,
+    )  # fmt: skip
+    assert "reference must be 1-200 characters" in line
+    assert "minutes must be a whole positive number" in run.fails(
+        "billing", "topup", "acme", "--counter", "speech", "--minutes", "\u0663"
+    )  # an Arabic-Indic three is not a number of minutes
+    assert "malformed period '9999-12'" in run.fails(
+        "billing", "usage", "acme", "--period", "9999-12"
+    )
+    balances = run.json("billing", "balance", "acme")
+    assert balances["counters"]["speech"]["balance_seconds"] == 0  # type: ignore[index]
+
+    monkeypatch.setenv("DIALER_MQTT", '{"password": "hunter2",')
+    line = run.fails("account", "list", "--json")
+    assert "DIALER_MQTT" in line and "hunter2" not in line
+    monkeypatch.delenv("DIALER_MQTT")
+
+    monkeypatch.setenv("DIALER_SIP__PORT", "99999")
+    assert "environment DIALER_SIP__PORT: sip.port" in run.fails("account", "list")
+    monkeypatch.delenv("DIALER_SIP__PORT")
+
+    monkeypatch.setenv("DIALER_DATABASE__URL", "postgresql://u@127.0.0.1:5432/x?password=hunter2")
+    line = run.fails("account", "list")
+    assert "cannot open database" in line and "hunter2" not in line
+    monkeypatch.setenv("DIALER_DATABASE__URL", "postgresql://u:pw@127.0.0.1:99999/x")
+    line = run.fails("account", "list")
+    assert "cannot open database" in line and ":pw@" not in line
+    monkeypatch.setenv("DIALER_DATABASE__URL", "u:s3cret@h/x")
+    line = run.fails("account", "list")
+    assert "not a valid URL" in line and "s3cret" not in line
+
+
+def test_no_subcommand_prints_help_and_no_empty_error(run: Run) -> None:
+    code, out, err = run("billing", ok=False)
+    assert code != 0
+    assert "topup" in out + err and "error: \n" not in err

@@ -93,7 +93,9 @@ async def test_every_entry_replayed_is_a_no_op(ledger: Ledger) -> None:
         args = dict(request)
         again = await ledger.debit("acme", args.pop("counter"), 15, campaign="spring", **args)  # type: ignore[arg-type]
         assert again.replayed and again.entry_id == original.entry_id
-        assert again.seconds == -15 and again.signal is None
+        assert again.seconds == -15
+        # a replay re-sends "exhausted" while the counter is still not positive
+        assert (again.signal is not None) == (original.counter is S)
     assert await ledger.balances("acme") == balances == {T: 120 - 90, S: -90}
     assert await row_count(ledger, ENTRY) == entries
     assert await row_count(ledger, PACKAGE) == 1
@@ -151,7 +153,7 @@ async def test_exhausted_and_restored_signals(ledger: Ledger) -> None:
     assert at_zero.signal == BalanceSignal(SignalKind.EXHAUSTED, "acme", S, 0)
     assert below.signal == BalanceSignal(SignalKind.EXHAUSTED, "acme", S, -15)
     replay = await ledger.debit("acme", S, 15, call_id="c", increment=5)
-    assert replay.signal is None  # a replay moves nothing, so it signals nothing
+    assert replay.replayed and replay.signal == below.signal  # re-sent: still exhausted
     still_owing = await ledger.buy_package("acme", T, 1)
     assert still_owing.signal is not None and still_owing.signal.counter is T
     topup = await ledger.buy_package("acme", S, 1)
@@ -159,6 +161,7 @@ async def test_exhausted_and_restored_signals(ledger: Ledger) -> None:
     assert [s.kind for s in seen] == [
         SignalKind.EXHAUSTED,
         SignalKind.EXHAUSTED,
+        SignalKind.EXHAUSTED,  # the replay
         SignalKind.RESTORED,
         SignalKind.RESTORED,
     ]
@@ -281,6 +284,22 @@ async def test_usage_per_period_and_per_campaign_across_a_month_boundary(ledger:
 def test_period_parsing() -> None:
     assert Period.parse("2026-02") == Period(2026, 2)
     assert Period(2026, 12).end == datetime(2027, 1, 1)
-    for bad in ("2026-13", "2026-00", "26-01", "2026/01", "2026-1", "", "abcd-ef"):
+    for bad in ("2026-13", "2026-00", "26-01", "2026/01", "2026-1", "", "abcd-ef", "9999-12"):
         with pytest.raises(BillingError, match="malformed period"):
             Period.parse(bad)
+
+
+async def test_replay_guards_campaign_and_contact_and_resignals_exhaustion(ledger: Ledger) -> None:
+    await ledger.create_account("acme")
+    first = await ledger.debit("acme", S, 15, call_id="c", increment=1, campaign="a", contact="+1")
+    assert first.signal is not None and first.signal.kind is SignalKind.EXHAUSTED
+    with pytest.raises(IdempotencyConflict, match="different campaign"):
+        await ledger.debit("acme", S, 15, call_id="c", increment=1, campaign="b", contact="+1")
+    with pytest.raises(IdempotencyConflict, match="different contact"):
+        await ledger.debit("acme", S, 15, call_id="c", increment=1, campaign="a", contact="+2")
+    # A replay after a crash between commit and signal sends the signal again.
+    again = await ledger.debit("acme", S, 15, call_id="c", increment=1, campaign="a", contact="+1")
+    assert again.replayed and again.signal == first.signal
+    with pytest.raises(BillingError, match="call id must be 1-128 characters"):
+        await ledger.debit("acme", S, 15, call_id="x" * 129, increment=1)
+    assert await ledger.balances("acme") == {T: 0, S: -15}

@@ -51,3 +51,21 @@ def test_console_on_a_terminal_and_json_when_configured() -> None:
     configure_logging("json", "info", stream=forced)
     get_logger().info("hello")
     assert json.loads(forced.getvalue())["event"] == "hello"
+
+
+def test_secrets_in_exceptions_nested_values_and_query_strings_are_masked() -> None:
+    stream = io.StringIO()
+    configure_logging("json", "info", stream=stream)
+    try:
+        raise RuntimeError("cannot reach postgresql://u:pw1@h/db")
+    except RuntimeError:
+        get_logger().error(
+            "failed",
+            exc_info=True,
+            settings={"mqtt": {"password": "pw2", "url": "mqtt://:pw3@broker"}},
+            dsn="postgresql://u@h/db?password=pw4&sslmode=require",
+        )
+    text = stream.getvalue()
+    for secret in ("pw1", "pw2", "pw3", "pw4"):
+        assert secret not in text
+    assert "sslmode=require" in text
