@@ -121,3 +121,15 @@ def sqlite_url(tmp_path: Path) -> str:
 def db_url(request: pytest.FixtureRequest) -> str:
     """Each ledger test runs on real SQLite and on real PostgreSQL."""
     return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
+
+
+@pytest.fixture(scope="session")
+def tone_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1 s 440 Hz tone, 16 kHz mono WAV (sox)."""
+    path = tmp_path_factory.mktemp("audio") / "tone.wav"
+    subprocess.run(
+        ["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(path), "synth", "1", "sine", "440",
+         "vol", "0.5"],
+        check=True,
+    )  # fmt: skip
+    return path

@@ -1,0 +1,758 @@
+"""The SIP engine of a line process: one pjsua2 Endpoint on its own thread.
+
+Rules of this file (PJSUA2_NOTES.md, "Object lifetime"):
+
+* Every pjsua2 object (Endpoint, Account, Call, player, tap) is created, used and
+  dropped on the SIP thread. Other threads only put commands on ``self._inbox``.
+* A Call is referenced from ``self._live`` from creation until its DISCONNECTED
+  callback, then moved to ``self._retired`` and dropped on the next loop turn: exactly
+  once, never inside its own callback, never while its slot could be reused.
+* Media taps are a fixed pool created at start and reconnected per call (creating one
+  per call crashed the media clock thread in measurements).
+* Events leave through ``emit`` (thread-safe, supplied by the line process).
+* The callee's audio frames go to an in-process FrameConsumer, never to ``emit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pjsua2 as pj
+
+from sip.audio import is_voiced
+from sip.endpoint import (
+    MAX_ACCOUNTS,
+    MAX_CALLS,
+    PJ_ETOOMANY,
+    SipSetupError,
+    add_transports,
+    create_endpoint,
+    destroy_endpoint,
+    media_transport,
+    set_codec_priorities,
+)
+from sip.protocol import (
+    Command,
+    Dial,
+    Hangup,
+    LineConfig,
+    Play,
+    Shutdown,
+    StopPlay,
+    Transfer,
+    TrunkConfig,
+    event,
+)
+
+POLL_MS = 10
+SHUTDOWN_DRAIN_SECONDS = 2.0
+TAP_CLOCK_RATE = 16000
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+class FrameConsumer(Protocol):
+    """Receives the callee's audio inside the line process (speech recognition later).
+
+    ``frame`` runs on pjmedia's clock thread every 20 ms per call: it must be quick and
+    must not call pjsua2.
+    """
+
+    def call_started(self, call_id: str, clock_rate: int) -> None: ...
+    def frame(self, call_id: str, pcm: bytes) -> None: ...
+    def call_ended(self, call_id: str) -> None: ...
+
+
+def dial_uri(trunk: TrunkConfig, to: str) -> str:
+    """sip:NUMBER@host[:port][;params] from the trunk URI; a full SIP URI passes through."""
+    if to.startswith(("sip:", "sips:")):
+        return to
+    scheme, _, rest = trunk.uri.partition(":")
+    host = rest.split("@", 1)[1] if "@" in rest else rest
+    return f"{scheme}:{to}@{host}"
+
+
+def registrar_uri(trunk: TrunkConfig) -> str:
+    """The trunk URI without a user part: sip:host[:port][;params]."""
+    scheme, _, rest = trunk.uri.partition(":")
+    return f"{scheme}:{rest.split('@', 1)[1] if '@' in rest else rest}"
+
+
+def _host_of(uri: str) -> str:
+    rest = uri.partition(":")[2]
+    rest = rest.split("@", 1)[1] if "@" in rest else rest
+    return rest.split(";", 1)[0]
+
+
+class _Tap(pj.AudioMediaPort):  # type: ignore[misc]
+    """A pooled audio sink: counts frames and hands them to the consumer."""
+
+    def __init__(self, consumer: FrameConsumer | None, measure: bool) -> None:
+        super().__init__()
+        self.consumer = consumer
+        self.measure = measure
+        self.call_id: str | None = None
+        self.frames = 0
+        self.voiced = 0
+
+    def onFrameReceived(self, frame: Any) -> None:
+        call_id = self.call_id
+        if call_id is None:
+            return
+        self.frames += 1
+        if self.consumer is None and not self.measure:
+            return  # copying the frame costs ~0.3 ms: only when someone wants it
+        pcm = bytes(frame.buf)
+        if self.measure and is_voiced(pcm):
+            self.voiced += 1
+        if self.consumer is not None:
+            self.consumer.frame(call_id, pcm)
+
+
+class _Player(pj.AudioMediaPlayer):  # type: ignore[misc]
+    def __init__(self, engine: SipEngine, call_id: str, wav: str) -> None:
+        super().__init__()
+        self.engine = engine
+        self.call_id = call_id
+        self.wav = wav
+
+    def onEof2(self) -> None:
+        self.engine._inbox.put(("play_done", self))
+
+
+class _Call(pj.Call):  # type: ignore[misc]
+    def __init__(self, engine: SipEngine, account: Any, role: str, pj_id: int = -1) -> None:
+        if pj_id == -1:
+            super().__init__(account)
+        else:
+            super().__init__(account, pj_id)
+        self.engine = engine
+        self.role = role  # "out" | "agent" | "inbound"
+        self.record: _Record | None = None
+
+    def onCallState(self, prm: Any) -> None:
+        self.engine._on_call_state(self, time.time(), time.monotonic())
+
+    def onCallMediaState(self, prm: Any) -> None:
+        self.engine._on_media_state(self)
+
+    def onCallTransferStatus(self, prm: Any) -> None:
+        prm.cont = True
+        self.engine._on_transfer_status(self, prm.statusCode, prm.reason, prm.finalNotify)
+
+
+class _Account(pj.Account):  # type: ignore[misc]
+    def __init__(self, engine: SipEngine, trunk: TrunkConfig | None) -> None:
+        super().__init__()
+        self.engine = engine
+        self.trunk = trunk
+
+    def onIncomingCall(self, prm: Any) -> None:
+        self.engine._on_incoming(self, prm.callId)
+
+    def onRegState(self, prm: Any) -> None:
+        if self.trunk is not None:
+            self.engine._emit(
+                "registration",
+                trunk=self.trunk.name,
+                status=prm.code,
+                reason=prm.reason,
+                expires=prm.expiration,
+                ok=200 <= prm.code < 300 and prm.expiration > 0,
+            )
+
+
+class _Endpoint(pj.Endpoint):  # type: ignore[misc]
+    def __init__(self, engine: SipEngine) -> None:
+        super().__init__()
+        self.engine = engine
+
+    def onRejectedIncomingCall(self, prm: Any) -> None:
+        self.engine._emit(
+            "inbound_rejected",
+            status=prm.statusCode,
+            **{"from": prm.remoteInfo, "to": prm.localInfo},
+        )
+
+
+@dataclass
+class _Record:
+    """One outbound call we own, with its agent leg and media."""
+
+    call_id: str
+    call: _Call
+    trunk: TrunkConfig
+    account: _Account
+    deadline: float
+    answered: bool = False
+    ringing: bool = False
+    hangup_by: str | None = None
+    timeout: bool = False
+    audio: Any = None
+    tap: _Tap | None = None
+    player: _Player | None = None
+    pending_wav: str | None = None
+    agent: _Call | None = None
+    agent_audio: Any = None
+    agent_answered: bool = False
+    agent_ringing: bool = False
+    transfer_mode: str | None = None
+    bridged: bool = False
+    rx_frames: int = 0
+    rx_voiced: int = 0
+    finished: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SipEngine:
+    def __init__(
+        self, config: LineConfig, emit: Emit, consumer: FrameConsumer | None = None
+    ) -> None:
+        if len(config.trunks) > MAX_ACCOUNTS - 1:
+            raise SipSetupError(f"a line carries at most {MAX_ACCOUNTS - 1} trunks")
+        self.config = config
+        self._emit_raw = emit
+        self.consumer = consumer
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"sip-{config.name}", daemon=True)
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._stopping = False
+        self.sip_port = 0
+        # SIP-thread state
+        self._ep: Any = None
+        self._accounts: dict[str, _Account] = {}
+        self._local_account: _Account | None = None
+        self._records: dict[str, _Record] = {}
+        self._live: set[_Call] = set()
+        self._retired: list[_Call] = []
+        self._idle_taps: list[_Tap] = []
+        self._all_taps: list[_Tap] = []
+        self._players: set[_Player] = set()
+
+    # -- other threads --------------------------------------------------------------------
+
+    def start(self, timeout: float = 15.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise SipSetupError("SIP thread did not start in time")
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    def submit(self, command: Command) -> None:
+        self._inbox.put(command)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._inbox.put(Shutdown())
+        self._thread.join(timeout)
+
+    # -- the SIP thread -------------------------------------------------------------------
+
+    @property
+    def free_slots(self) -> int:
+        return MAX_CALLS - len(self._live)
+
+    def _emit(self, name: str, **fields: Any) -> None:
+        fields.setdefault("at", time.time())
+        self._emit_raw(event(name, free=self.free_slots, **fields))
+
+    def _run(self) -> None:
+        try:
+            self._setup()
+        except BaseException as exc:  # reported to start()
+            self._startup_error = exc if isinstance(exc, SipSetupError) else SipSetupError(str(exc))
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while not self._stopping:
+                self._ep.libHandleEvents(POLL_MS)
+                self._turn()
+        finally:
+            self._teardown()
+
+    def _setup(self) -> None:
+        cfg = self.config
+        ep = self._ep = create_endpoint(_Endpoint(self), cfg.log_level, TAP_CLOCK_RATE)
+        transports = add_transports(
+            ep,
+            cfg.bind_address,
+            cfg.sip_port,
+            tcp=cfg.tcp,
+            tls_cert_file=cfg.tls_cert_file,
+            tls_key_file=cfg.tls_key_file,
+            tls_port=cfg.tls_port,
+        )
+        self.sip_port = transports.udp_port
+        ep.libStart()
+        ep.audDevManager().setNullDev()
+        set_codec_priorities(ep, cfg.codecs)
+        self._local_account = self._make_account(None)
+        for trunk in cfg.trunks:
+            self._accounts[trunk.name] = self._make_account(trunk)
+        fmt = pj.MediaFormatAudio()
+        fmt.type = pj.PJMEDIA_TYPE_AUDIO
+        fmt.init(pj.PJMEDIA_FORMAT_PCM, TAP_CLOCK_RATE, 1, 20_000, 16)
+        for n in range(MAX_CALLS):
+            tap = _Tap(self.consumer, cfg.measure_audio)
+            tap.createPort(f"tap{n}", fmt)
+            self._all_taps.append(tap)
+        self._idle_taps = list(self._all_taps)
+        names = (
+            ["udp"] + (["tcp"] if transports.tcp else []) + (["tls"] if transports.tls_port else [])
+        )
+        self._emit("ready", sip_port=self.sip_port, transports=names, tls_port=transports.tls_port)
+
+    def _make_account(self, trunk: TrunkConfig | None) -> _Account:
+        cfg = self.config
+        acfg = pj.AccountConfig()
+        acfg.mediaConfig.transportConfig = media_transport(
+            cfg.rtp_port, cfg.rtp_port_range, cfg.bind_address
+        )
+        acfg.mediaConfig.lockCodecEnabled = False  # no re-INVITE right after the answer
+        if trunk is None:
+            acfg.idUri = f"sip:{cfg.name}@{cfg.bind_address}:{self.sip_port}"
+            acfg.priority = 0
+        else:
+            user = trunk.caller_id or trunk.username or "dialer"
+            acfg.idUri = f"sip:{user}@{_host_of(trunk.uri)}"
+            acfg.priority = 1
+            if trunk.registers:
+                acfg.regConfig.registrarUri = registrar_uri(trunk)
+                acfg.regConfig.timeoutSec = trunk.register_expires
+                acfg.regConfig.registerOnAdd = True
+            else:
+                acfg.regConfig.registrarUri = ""
+                acfg.regConfig.registerOnAdd = False
+            if trunk.outbound_proxy:
+                acfg.sipConfig.proxies.append(trunk.outbound_proxy)
+            if trunk.username:
+                acfg.sipConfig.authCreds.append(
+                    pj.AuthCredInfo("digest", trunk.realm, trunk.username, 0, trunk.password or "")
+                )
+        account = _Account(self, trunk)
+        try:
+            account.create(acfg, trunk is None)
+        except pj.Error as exc:
+            name = trunk.name if trunk else "local"
+            raise SipSetupError(
+                f"cannot create SIP account for trunk {name}: {exc.info()}"
+            ) from None
+        return account
+
+    def _turn(self) -> None:
+        self._retired.clear()  # dropped here, outside their callbacks
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                self._handle(item)
+            except pj.Error as exc:
+                call_id = getattr(item, "call_id", None)
+                self._emit("error", call_id=call_id, message=f"{exc.title}: {exc.reason}")
+        now = time.monotonic()
+        for record in list(self._records.values()):
+            if not record.answered and record.hangup_by is None and now >= record.deadline:
+                record.timeout = True
+                self._hangup(record, "local")
+
+    def _handle(self, item: Any) -> None:
+        if isinstance(item, tuple) and item[0] == "play_done":
+            self._play_done(item[1])
+        elif isinstance(item, Shutdown):
+            self._stopping = True
+        elif isinstance(item, Dial):
+            self._dial(item)
+        elif isinstance(item, Hangup | Play | StopPlay | Transfer):
+            record = self._records.get(item.call_id)
+            if record is None:
+                self._emit("error", call_id=item.call_id, message="no such call on this line")
+            elif isinstance(item, Hangup):
+                record.extra["reason"] = item.reason
+                self._hangup(record, "local")
+            elif isinstance(item, Play):
+                self._play(record, item.wav)
+            elif isinstance(item, StopPlay):
+                self._stop_play(record)
+            else:
+                self._transfer(record, item)
+
+    # -- dialing --------------------------------------------------------------------------
+
+    def _dial(self, cmd: Dial) -> None:
+        if cmd.call_id in self._records:
+            self._emit("refused", call_id=cmd.call_id, reason="duplicate call id", retry=False)
+            return
+        account = self._accounts.get(cmd.trunk)
+        if account is None or account.trunk is None:
+            self._emit(
+                "refused", call_id=cmd.call_id, reason=f"unknown trunk {cmd.trunk!r}", retry=False
+            )
+            return
+        if self.free_slots <= 0:
+            self._emit("refused", call_id=cmd.call_id, reason="line full", retry=True)
+            return
+        trunk = account.trunk
+        call = _Call(self, account, "out")
+        record = _Record(cmd.call_id, call, trunk, account, time.monotonic() + cmd.ring_timeout)
+        call.record = record
+        prm = pj.CallOpParam(True)
+        caller = cmd.caller_id or trunk.caller_id
+        if caller:
+            prm.txOption.localUri = f"sip:{caller}@{_host_of(trunk.uri)}"
+        for name, value in {**trunk.headers, **cmd.headers}.items():
+            header = pj.SipHeader()
+            header.hName = name
+            header.hValue = value
+            prm.txOption.headers.append(header)
+        self._records[cmd.call_id] = record
+        self._live.add(call)
+        try:
+            call.makeCall(dial_uri(trunk, cmd.to), prm)
+        except pj.Error as exc:
+            self._records.pop(cmd.call_id, None)
+            self._live.discard(call)
+            self._retired.append(call)
+            retry = exc.status == PJ_ETOOMANY
+            self._emit("refused", call_id=cmd.call_id, reason=exc.info(), retry=retry)
+            return
+        self._emit("accepted", call_id=cmd.call_id)
+
+    def _hangup(self, record: _Record, by: str) -> None:
+        if record.hangup_by is None:
+            record.hangup_by = by
+        prm = pj.CallOpParam(True)
+        with contextlib.suppress(pj.Error):  # already disconnecting
+            record.call.hangup(prm)
+
+    # -- call state -----------------------------------------------------------------------
+
+    def _on_call_state(self, call: _Call, wall: float, mono: float) -> None:
+        ci = call.getInfo()
+        state = ci.state
+        if call.role == "inbound":
+            if state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                self._retire(call)
+            return
+        record = call.record
+        if call.role == "agent":
+            self._on_agent_state(call, record, ci)
+            return
+        if record is None or record.finished:
+            if state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                self._retire(call)
+            return
+        if state == pj.PJSIP_INV_STATE_EARLY and not record.ringing:
+            record.ringing = True
+            self._emit("ringing", call_id=record.call_id, status=ci.lastStatusCode)
+        elif state in (pj.PJSIP_INV_STATE_CONNECTING, pj.PJSIP_INV_STATE_CONFIRMED):
+            if not record.answered:
+                record.answered = True
+                self._emit("answered", call_id=record.call_id, at=wall, mono=mono)
+                if record.pending_wav and record.audio is not None:
+                    self._play(record, record.pending_wav)
+        elif state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self._retire(call)
+            self._finish(record, ci)
+
+    def _finish(self, record: _Record, ci: Any) -> None:
+        record.finished = True
+        self._records.pop(record.call_id, None)
+        self._release_media(record)
+        if record.agent is not None:
+            agent, record.agent = record.agent, None
+            with contextlib.suppress(pj.Error):
+                agent.hangup(pj.CallOpParam(True))
+        status, reason = ci.lastStatusCode, ci.lastReason
+        if record.answered:
+            self._emit(
+                "hangup",
+                call_id=record.call_id,
+                by=record.hangup_by or "remote",
+                status=status,
+                reason=reason,
+                rx_frames=record.rx_frames,
+                rx_voiced=record.rx_voiced if self.config.measure_audio else None,
+            )
+        else:
+            self._emit(
+                "failed",
+                call_id=record.call_id,
+                status=status,
+                reason=reason,
+                by=record.hangup_by or "remote",
+                timeout=record.timeout,
+            )
+
+    def _retire(self, call: _Call) -> None:
+        if call in self._live:
+            self._live.discard(call)
+            self._retired.append(call)
+
+    # -- media ----------------------------------------------------------------------------
+
+    def _on_media_state(self, call: _Call) -> None:
+        record = call.record
+        if record is None or record.finished:
+            return
+        ci = call.getInfo()
+        for mi in ci.media:
+            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                audio = call.getAudioMedia(mi.index)
+                if call.role == "agent":
+                    record.agent_audio = audio
+                    if record.agent_answered:
+                        self._bridge(record)
+                else:
+                    record.audio = audio
+                    self._attach_tap(record)
+                    if record.pending_wav and record.answered:
+                        self._play(record, record.pending_wav)
+                return
+
+    def _attach_tap(self, record: _Record) -> None:
+        if record.tap is None and self._idle_taps and record.audio is not None:
+            tap = self._idle_taps.pop()
+            tap.frames = tap.voiced = 0
+            tap.call_id = record.call_id
+            record.tap = tap
+            record.audio.startTransmit(tap)
+            if self.consumer is not None:
+                self.consumer.call_started(record.call_id, TAP_CLOCK_RATE)
+
+    def _detach_tap(self, record: _Record) -> None:
+        tap = record.tap
+        if tap is None:
+            return
+        record.tap = None
+        record.rx_frames += tap.frames
+        record.rx_voiced += tap.voiced
+        tap.call_id = None
+        if record.audio is not None:
+            with contextlib.suppress(pj.Error):
+                record.audio.stopTransmit(tap)
+        self._idle_taps.append(tap)
+        if self.consumer is not None:
+            self.consumer.call_ended(record.call_id)
+
+    def _release_media(self, record: _Record) -> None:
+        self._stop_play(record)
+        self._detach_tap(record)
+        record.audio = None
+        record.agent_audio = None
+
+    def _play(self, record: _Record, wav: str) -> None:
+        if record.audio is None or not record.answered:
+            record.pending_wav = wav  # plays as soon as the call has audio
+            return
+        record.pending_wav = None
+        self._stop_play(record)
+        player = _Player(self, record.call_id, wav)
+        try:
+            player.createPlayer(wav, pj.PJMEDIA_FILE_NO_LOOP)
+        except pj.Error as exc:
+            self._emit("error", call_id=record.call_id, message=f"cannot play {wav}: {exc.reason}")
+            return
+        self._players.add(player)
+        record.player = player
+        if not record.bridged:
+            player.startTransmit(record.audio)
+
+    def _stop_play(self, record: _Record) -> None:
+        record.pending_wav = None
+        player, record.player = record.player, None
+        if player is not None:
+            if record.audio is not None:
+                with contextlib.suppress(pj.Error):
+                    player.stopTransmit(record.audio)
+            self._players.discard(player)
+
+    def _play_done(self, player: _Player) -> None:
+        record = self._records.get(player.call_id)
+        if record is not None and record.player is player:
+            self._stop_play(record)
+            self._emit("play_done", call_id=player.call_id, wav=player.wav)
+
+    # -- transfers ------------------------------------------------------------------------
+
+    def _transfer(self, record: _Record, cmd: Transfer) -> None:
+        if not record.answered or record.transfer_mode is not None:
+            why = "the call is not answered" if not record.answered else "a transfer is under way"
+            self._emit("agent_failed", call_id=record.call_id, status=0, reason=why)
+            return
+        record.transfer_mode = cmd.mode
+        record.agent_ringing = record.agent_answered = False
+        if cmd.mode == "refer":
+            record.call.xfer(cmd.agent_uri, pj.CallOpParam(True))
+            return
+        if self.free_slots <= 0:
+            record.transfer_mode = None
+            self._emit(
+                "agent_failed", call_id=record.call_id, status=503, reason="no free line slot"
+            )
+            return
+        agent = _Call(self, record.account, "agent")
+        agent.record = record
+        record.agent = agent
+        self._live.add(agent)
+        try:
+            agent.makeCall(cmd.agent_uri, pj.CallOpParam(True))
+        except pj.Error as exc:
+            record.agent = None
+            record.transfer_mode = None
+            self._live.discard(agent)
+            self._retired.append(agent)
+            self._emit("agent_failed", call_id=record.call_id, status=0, reason=exc.info())
+
+    def _on_agent_state(self, call: _Call, record: _Record | None, ci: Any) -> None:
+        state = ci.state
+        current = record is not None and record.agent is call and not record.finished
+        if state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self._retire(call)
+        if not current or record is None:
+            return
+        if state == pj.PJSIP_INV_STATE_EARLY and not record.agent_ringing:
+            record.agent_ringing = True
+            self._emit("agent_ringing", call_id=record.call_id, status=ci.lastStatusCode)
+        elif state == pj.PJSIP_INV_STATE_CONFIRMED and not record.agent_answered:
+            record.agent_answered = True
+            self._emit("agent_answered", call_id=record.call_id, mode="bridge")
+            if record.agent_audio is not None:
+                self._bridge(record)
+        elif state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            answered = record.agent_answered
+            self._unbridge(record)
+            record.agent = None
+            record.transfer_mode = None
+            if answered:
+                self._emit("agent_ended", call_id=record.call_id)
+            else:
+                self._emit(
+                    "agent_failed",
+                    call_id=record.call_id,
+                    status=ci.lastStatusCode,
+                    reason=ci.lastReason,
+                )
+
+    def _bridge(self, record: _Record) -> None:
+        if record.bridged or record.audio is None or record.agent_audio is None:
+            return
+        self._stop_play(record)  # the bot stops talking
+        self._detach_tap(record)  # and stops listening: speech is not in use
+        record.audio.startTransmit(record.agent_audio)
+        record.agent_audio.startTransmit(record.audio)
+        record.bridged = True
+
+    def _unbridge(self, record: _Record) -> None:
+        if not record.bridged:
+            return
+        record.bridged = False
+        with contextlib.suppress(pj.Error):
+            record.audio.stopTransmit(record.agent_audio)
+        with contextlib.suppress(pj.Error):
+            record.agent_audio.stopTransmit(record.audio)
+        record.agent_audio = None
+        self._attach_tap(record)  # the caller is back with the bot
+
+    def _on_transfer_status(self, call: _Call, status: int, reason: str, final: bool) -> None:
+        record = call.record
+        if record is None or record.finished or record.transfer_mode != "refer":
+            return
+        if not final:
+            if 180 <= status < 200 and not record.agent_ringing:
+                record.agent_ringing = True
+                self._emit("agent_ringing", call_id=record.call_id, status=status)
+            return
+        record.transfer_mode = None
+        if 200 <= status < 300:
+            self._emit("agent_answered", call_id=record.call_id, mode="refer")
+            self._hangup(record, "transfer")
+        else:
+            self._emit("agent_failed", call_id=record.call_id, status=status, reason=reason)
+
+    # -- inbound --------------------------------------------------------------------------
+
+    def _on_incoming(self, account: _Account, pj_call_id: int) -> None:
+        call = _Call(self, account, "inbound", pj_call_id)
+        self._live.add(call)  # keep it: a dropped local would make pjsua answer 603 anyway
+        ci = call.getInfo()
+        status = self.config.inbound_reject_status
+        prm = pj.CallOpParam(True)
+        prm.statusCode = status
+        try:
+            call.answer(prm)
+        except pj.Error:
+            with contextlib.suppress(pj.Error):
+                call.hangup(prm)
+        self._emit("inbound_rejected", status=status, **{"from": ci.remoteUri, "to": ci.localUri})
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def _teardown(self) -> None:
+        ep = self._ep
+        if ep is None:
+            return
+        # Separate frames: no loop variable may keep a pjsua2 object alive past libDestroy.
+        self._hang_up_everything(ep)
+        accounts = self._release_everything()
+        destroy_endpoint(ep, self._live, self._retired, self._idle_taps, self._all_taps, accounts)
+        self._ep = None
+
+    def _hang_up_everything(self, ep: Any) -> None:
+        for record in list(self._records.values()):
+            self._hangup(record, "local")
+        for call in list(self._live):
+            if call.role == "inbound":
+                with contextlib.suppress(pj.Error):
+                    call.hangup(pj.CallOpParam(True))
+        deadline = time.monotonic() + SHUTDOWN_DRAIN_SECONDS
+        while self._live and time.monotonic() < deadline:
+            ep.libHandleEvents(POLL_MS)
+            self._turn_events_only()
+        # DISCONNECTED comes before the 487/ACK exchange ends: let it finish.
+        settle = time.monotonic() + 0.3
+        while time.monotonic() < settle:
+            ep.libHandleEvents(POLL_MS)
+        for record in list(self._records.values()):  # never heard back: report anyway
+            record.finished = True
+            self._release_media(record)
+            self._emit(
+                "hangup" if record.answered else "failed",
+                call_id=record.call_id,
+                by="local",
+                status=0,
+                reason="line shut down",
+            )
+
+    def _release_everything(self) -> list[_Account]:
+        self._records.clear()
+        self._players.clear()
+        for tap in self._all_taps:
+            tap.call_id = None
+        accounts = [*self._accounts.values()]
+        if self._local_account is not None:
+            accounts.append(self._local_account)
+        for account in accounts:
+            with contextlib.suppress(pj.Error):
+                account.shutdown()
+        self._accounts.clear()
+        self._local_account = None
+        return accounts
+
+    def _turn_events_only(self) -> None:
+        self._retired.clear()
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, tuple) and item[0] == "play_done":
+                self._play_done(item[1])

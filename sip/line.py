@@ -1,0 +1,114 @@
+"""A line process: ``python -m sip.line``. One pjsua2 Endpoint (4 calls), driven over
+its stdin/stdout by the pipe protocol (sip.protocol). Started and supervised by
+sip.pool.LinePool; it exits when its stdin closes, hanging up its calls first.
+
+The first message must be ``configure`` (it carries trunk credentials, which is why
+they come over the pipe and not on the command line, where ``ps`` would show them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from typing import Any, BinaryIO
+
+from sip.endpoint import SipSetupError, move_c_stdout_to_stderr
+from sip.protocol import (
+    MAX_LINE_BYTES,
+    Configure,
+    ProtocolError,
+    Shutdown,
+    decode_command,
+    encode,
+    event,
+)
+
+
+class _Writer:
+    """Protocol output on the saved stdout descriptor, one message per write."""
+
+    def __init__(self, fd: int) -> None:
+        self._out: BinaryIO = os.fdopen(fd, "wb", buffering=0)
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        # the orchestrator may be gone: stdin EOF will stop us
+        with contextlib.suppress(BrokenPipeError):
+            self._out.write(encode(message))
+
+
+async def serve(protocol_fd: int) -> int:
+    from sip.engine import SipEngine  # imports pjsua2: after stdout was moved
+
+    loop = asyncio.get_running_loop()
+    write = _Writer(protocol_fd)
+    reader = asyncio.StreamReader(limit=MAX_LINE_BYTES * 2)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    first = await reader.readline()
+    try:
+        configure = decode_command(first) if first else None
+    except ProtocolError as exc:
+        write(event("error", message=str(exc)))
+        return 2
+    if not isinstance(configure, Configure):
+        write(event("error", message="the first command must be configure"))
+        return 2
+
+    def emit(message: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(write, message)
+
+    engine = SipEngine(configure.line, emit)
+    try:
+        await loop.run_in_executor(None, engine.start)
+    except SipSetupError as exc:
+        await asyncio.sleep(0)  # let queued events out first
+        write(event("error", message=str(exc)))
+        return 3
+
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    reading = asyncio.ensure_future(_pump(reader, engine, write))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    reading.cancel()
+    stopping.cancel()
+    await loop.run_in_executor(None, engine.stop)
+    await asyncio.sleep(0.05)  # flush the last events queued by the SIP thread
+    return 0
+
+
+async def _pump(reader: asyncio.StreamReader, engine: Any, write: _Writer) -> None:
+    while True:
+        try:
+            line = await reader.readline()
+        except ValueError:  # longer than the limit
+            write(event("error", message=f"message longer than {MAX_LINE_BYTES} bytes"))
+            continue
+        if not line:
+            return  # the orchestrator closed the pipe
+        if not line.strip():
+            continue
+        try:
+            command = decode_command(line)
+        except ProtocolError as exc:
+            write(event("error", message=str(exc)))
+            continue
+        if isinstance(command, Shutdown):
+            return
+        if isinstance(command, Configure):
+            write(event("error", message="already configured"))
+            continue
+        engine.submit(command)
+
+
+def main() -> None:
+    protocol_fd = move_c_stdout_to_stderr()
+    sys.exit(asyncio.run(serve(protocol_fd)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,405 @@
+"""The line pool (orchestrator side): N line processes, one asyncio resource.
+
+    async with LinePool(PoolConfig(lines=4, trunks=[...])) as pool:
+        await pool.dial("c1", "+15550001", "main", ring_timeout=30)
+        async for ev in pool.events():
+            ...
+
+* Each line is ``python -m sip.line`` with its own SIP port and RTP port range.
+* ``dial`` places the call on the line with the most free slots; a line that refuses
+  because it is full (an inbound call or agent leg took the slot meanwhile) makes the
+  pool try the next one. When no line can take it, PoolFull.
+* Commands for a call go to the line that carries it. Events of every line come out of
+  ``events()`` in order, each with ``"line"`` added.
+* A line that dies (EOF on its pipe or exit) is noticed at once: each of its calls gets
+  an ``interrupted`` event ``{"event": "interrupted", "call_id", "line"}`` and a new
+  process takes its place (same ports).
+* Closing the pool shuts every line down: each hangs up its calls (BYE, or CANCEL for
+  unanswered ones) before it exits; a line that does not exit in time is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from sip.endpoint import MAX_CALLS
+from sip.protocol import (
+    Configure,
+    Dial,
+    Hangup,
+    LineConfig,
+    Play,
+    ProtocolError,
+    Shutdown,
+    StopPlay,
+    Transfer,
+    TrunkConfig,
+    decode_event,
+    encode,
+)
+
+log = structlog.get_logger("sip.pool")
+
+START_TIMEOUT = 20.0
+ACK_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+RESTART_DELAY = 0.5
+FINAL_EVENTS = frozenset({"failed", "hangup", "refused"})
+
+
+class PoolError(Exception):
+    """A pool request that cannot be carried out; the message names the problem."""
+
+
+class PoolFull(PoolError):
+    pass
+
+
+class DialRefused(PoolError):
+    pass
+
+
+class UnknownCall(PoolError):
+    pass
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    lines: int = 4
+    bind_address: str = "127.0.0.1"
+    sip_port: int = 5060  # line i listens on sip_port + i (0: any free port)
+    rtp_port: int = 20000  # line i uses rtp_port + i * rtp_port_range ...
+    rtp_port_range: int = 100
+    trunks: tuple[TrunkConfig, ...] = ()
+    codecs: tuple[str, ...] = ("PCMU/8000", "PCMA/8000", "G722/16000")
+    inbound_reject_status: int = 603
+    tcp: bool = True
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    log_level: int = 0
+    measure_audio: bool = False
+
+    def line_config(self, index: int) -> LineConfig:
+        return LineConfig(
+            name=f"line{index}",
+            bind_address=self.bind_address,
+            sip_port=self.sip_port + index if self.sip_port else 0,
+            rtp_port=self.rtp_port + index * self.rtp_port_range,
+            rtp_port_range=self.rtp_port_range,
+            tcp=self.tcp,
+            tls_cert_file=self.tls_cert_file,
+            tls_key_file=self.tls_key_file,
+            tls_port=None,
+            codecs=list(self.codecs),
+            inbound_reject_status=self.inbound_reject_status,
+            trunks=list(self.trunks),
+            log_level=self.log_level,
+            measure_audio=self.measure_audio,
+        )
+
+
+@dataclass
+class _Line:
+    index: int
+    config: LineConfig
+    process: asyncio.subprocess.Process | None = None
+    free: int = 0
+    pending: int = 0  # dials sent, not yet accepted or refused
+    calls: set[str] = field(default_factory=set)
+    acks: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    ready: asyncio.Future[dict[str, Any]] | None = None
+    reader: asyncio.Task[None] | None = None
+    alive: bool = False
+    sip_port: int = 0
+    restarts: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def room(self) -> int:
+        return self.free - self.pending if self.alive else 0
+
+
+class LinePool:
+    def __init__(self, config: PoolConfig) -> None:
+        if config.lines < 1:
+            raise PoolError("a pool needs at least one line")
+        self.config = config
+        self._lines = [_Line(i, config.line_config(i)) for i in range(config.lines)]
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._call_line: dict[str, _Line] = {}
+        self._closing = False
+        self._restarting: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> LinePool:
+        try:
+            await asyncio.gather(*(self._start(line) for line in self._lines))
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _start(self, line: _Line) -> None:
+        line.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sip.line",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=None,
+            limit=1 << 20,
+            start_new_session=True,  # a Ctrl-C to the orchestrator is not a kill of its lines
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        line.ready = asyncio.get_running_loop().create_future()
+        line.free = line.pending = 0
+        line.reader = asyncio.create_task(self._read(line), name=f"pool-{line.name}")
+        self._send(line, Configure(line=line.config))
+        try:
+            ready = await asyncio.wait_for(asyncio.shield(line.ready), START_TIMEOUT)
+        except TimeoutError:
+            raise PoolError(f"{line.name} did not start within {START_TIMEOUT:.0f} s") from None
+        line.sip_port = int(ready["sip_port"])
+        line.alive = True
+        log.info("line up", line=line.name, sip_port=line.sip_port, pid=line.process.pid)
+
+    async def close(self) -> None:
+        """Shut every line down (each hangs up its calls first); kill what will not stop."""
+        self._closing = True
+        for task in self._restarting:
+            task.cancel()
+        for line in self._lines:
+            if line.process is not None and line.process.returncode is None:
+                self._send(line, Shutdown())
+                if line.process.stdin is not None:
+                    line.process.stdin.close()
+        await asyncio.gather(*(self._wait_exit(line) for line in self._lines))
+
+    async def _wait_exit(self, line: _Line) -> None:
+        process = line.process
+        if process is None:
+            return
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            log.warning("line did not stop; killing it", line=line.name)
+            process.kill()
+            await process.wait()
+        if line.reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await line.reader
+
+    # -- commands -------------------------------------------------------------------------
+
+    @property
+    def free_slots(self) -> int:
+        return sum(max(0, line.room) for line in self._lines)
+
+    @property
+    def sip_ports(self) -> list[int]:
+        return [line.sip_port for line in self._lines]
+
+    def pids(self) -> list[int | None]:
+        return [line.process.pid if line.process else None for line in self._lines]
+
+    def line_of(self, call_id: str) -> str | None:
+        line = self._call_line.get(call_id)
+        return line.name if line else None
+
+    async def dial(
+        self,
+        call_id: str,
+        to: str,
+        trunk: str,
+        *,
+        ring_timeout: float = 30.0,
+        caller_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        """Place a call; returns the name of the line carrying it."""
+        if self._closing:
+            raise PoolError("the pool is shutting down")
+        if call_id in self._call_line:
+            raise DialRefused(f"call {call_id!r} is already up")
+        command = Dial(
+            call_id=call_id,
+            to=to,
+            trunk=trunk,
+            ring_timeout=ring_timeout,
+            caller_id=caller_id,
+            headers=headers or {},
+        )
+        tried: set[int] = set()
+        while True:
+            candidates = [ln for ln in self._lines if ln.index not in tried and ln.room > 0]
+            if not candidates:
+                raise PoolFull(f"no free line slot for call {call_id!r}")
+            line = max(candidates, key=lambda ln: (ln.room, -ln.index))
+            tried.add(line.index)
+            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            line.acks[call_id] = future
+            line.pending += 1
+            self._call_line[call_id] = line
+            line.calls.add(call_id)
+            try:
+                self._send(line, command)
+                reply = await asyncio.wait_for(asyncio.shield(future), ACK_TIMEOUT)
+            except TimeoutError:
+                reply = {"event": "refused", "reason": f"{line.name} did not answer", "retry": True}
+            finally:
+                line.pending -= 1
+                line.acks.pop(call_id, None)
+            if reply["event"] == "accepted":
+                return line.name
+            self._forget(line, call_id)
+            if not reply.get("retry"):
+                raise DialRefused(f"call {call_id!r}: {reply.get('reason', 'refused')}")
+
+    async def hangup(self, call_id: str, reason: str | None = None) -> None:
+        self._send(self._carrier(call_id), Hangup(call_id=call_id, reason=reason))
+
+    async def play(self, call_id: str, wav: str) -> None:
+        self._send(self._carrier(call_id), Play(call_id=call_id, wav=wav))
+
+    async def stop_play(self, call_id: str) -> None:
+        self._send(self._carrier(call_id), StopPlay(call_id=call_id))
+
+    async def transfer(self, call_id: str, agent_uri: str, mode: str = "bridge") -> None:
+        self._send(
+            self._carrier(call_id),
+            Transfer(call_id=call_id, agent_uri=agent_uri, mode=mode),
+        )
+
+    def _carrier(self, call_id: str) -> _Line:
+        line = self._call_line.get(call_id)
+        if line is None:
+            raise UnknownCall(f"no call {call_id!r} is up")
+        return line
+
+    def _send(self, line: _Line, message: Any) -> None:
+        process = line.process
+        if process is None or process.stdin is None or process.stdin.is_closing():
+            raise PoolError(f"{line.name} is not running")
+        process.stdin.write(encode(message))
+
+    def _forget(self, line: _Line, call_id: str) -> None:
+        line.calls.discard(call_id)
+        if self._call_line.get(call_id) is line:
+            del self._call_line[call_id]
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Every event of every line, in arrival order, until the pool is closed."""
+        while True:
+            yield await self._events.get()
+
+    async def next_event(self, within: float | None = None) -> dict[str, Any]:
+        """The next event; TimeoutError if none comes ``within`` seconds."""
+        return await asyncio.wait_for(self._events.get(), within)
+
+    async def _read(self, line: _Line) -> None:
+        process = line.process
+        assert process is not None and process.stdout is not None
+        while True:
+            raw = await process.stdout.readline()
+            if not raw:
+                break
+            try:
+                message = decode_event(raw)
+            except ProtocolError as exc:
+                log.error("bad message from line", line=line.name, error=str(exc))
+                continue
+            self._on_event(line, message)
+        await process.wait()
+        self._on_exit(line, process.returncode)
+
+    def _on_event(self, line: _Line, message: dict[str, Any]) -> None:
+        name = message["event"]
+        if "free" in message:
+            line.free = int(message["free"])
+        call_id = message.get("call_id")
+        if name == "ready":
+            if line.ready is not None and not line.ready.done():
+                line.ready.set_result(message)
+            return
+        if name in ("accepted", "refused") and call_id in line.acks:
+            line.acks[call_id].set_result(message)
+            if name == "refused":
+                return  # dial() decides: another line, or an error to its caller
+        if name == "error" and line.ready is not None and not line.ready.done():
+            line.ready.set_exception(PoolError(f"{line.name}: {message.get('message')}"))
+            return
+        if name in FINAL_EVENTS and call_id is not None:
+            self._forget(line, call_id)
+        message["line"] = line.name
+        self._events.put_nowait(message)
+
+    def _on_exit(self, line: _Line, code: int | None) -> None:
+        line.alive = False
+        if line.ready is not None and not line.ready.done():
+            line.ready.set_exception(PoolError(f"{line.name} exited with code {code} at start"))
+        for future in line.acks.values():
+            if not future.done():
+                future.set_result(
+                    {"event": "refused", "reason": f"{line.name} died", "retry": True}
+                )
+        now = time.time()
+        for call_id in sorted(line.calls):
+            self._events.put_nowait(
+                {"v": 1, "event": "interrupted", "call_id": call_id, "line": line.name, "at": now}
+            )
+            if self._call_line.get(call_id) is line:
+                del self._call_line[call_id]
+        line.calls.clear()
+        if self._closing:
+            return
+        log.error("line died; starting a replacement", line=line.name, exit_code=code)
+        self._events.put_nowait(
+            {"v": 1, "event": "line_died", "line": line.name, "exit_code": code, "at": now}
+        )
+        task = asyncio.create_task(self._restart(line))
+        self._restarting.add(task)
+        task.add_done_callback(self._restarting.discard)
+
+    async def _restart(self, line: _Line) -> None:
+        while not self._closing:
+            await asyncio.sleep(RESTART_DELAY * min(2**line.restarts, 60))
+            line.restarts += 1
+            try:
+                await self._start(line)
+            except (PoolError, OSError) as exc:
+                log.error("line restart failed", line=line.name, error=str(exc))
+                continue
+            line.restarts = 0
+            self._events.put_nowait(
+                {"v": 1, "event": "line_restarted", "line": line.name, "at": time.time()}
+            )
+            return
+
+
+__all__ = [
+    "MAX_CALLS",
+    "DialRefused",
+    "LinePool",
+    "PoolConfig",
+    "PoolError",
+    "PoolFull",
+    "UnknownCall",
+]

@@ -1,0 +1,218 @@
+"""The pipe protocol between the orchestrator (sip.pool) and a line process (sip.line).
+
+Version 1. One JSON object per line, UTF-8, ``\\n``-terminated, on the line's stdin
+(commands, down) and stdout (events, up). Every message carries ``"v": 1``; a message
+with another version, an unknown ``cmd``/``event`` or a missing field is refused with an
+``error`` event (commands) or a ProtocolError (events): never guessed at. Audio never
+crosses the pipe; it stays in the line process.
+
+Commands (orchestrator -> line)::
+
+    {"v":1, "cmd":"configure", "line": {...LineConfig...}}       first message, once
+    {"v":1, "cmd":"dial", "call_id":"c1", "to":"+15550001", "trunk":"main",
+     "ring_timeout":30, "caller_id":"+15559999"?, "headers":{"X-Campaign":"spring"}?}
+    {"v":1, "cmd":"hangup", "call_id":"c1", "reason":"amd"?}
+    {"v":1, "cmd":"play", "call_id":"c1", "wav":"/path/greeting.wav"}
+    {"v":1, "cmd":"stop_play", "call_id":"c1"}
+    {"v":1, "cmd":"transfer", "call_id":"c1", "agent_uri":"sip:agent@pbx", "mode":"bridge|refer"}
+    {"v":1, "cmd":"shutdown"}     hang up everything (BYE or CANCEL), then exit
+
+Events (line -> orchestrator); each has ``"v":1``, ``"event"``, ``"at"`` (wall clock,
+epoch seconds) and, when about a call, ``"call_id"``; ``"free"`` is the line's free call
+slots after the event::
+
+    ready           {"sip_port", "transports", "free"}          after configure
+    accepted        {"call_id"}                                 dial took a slot
+    refused         {"call_id", "reason", "retry": bool}        dial not placed (retry=True:
+                                                                line full, try another line)
+    ringing         {"call_id", "status"}                       180/183
+    answered        {"call_id", "at", "mono"}                   200 OK received: wall and
+                                                                monotonic (CLOCK_MONOTONIC) s
+    failed          {"call_id", "status", "reason", "by": "local|remote", "timeout": bool}
+                                                                ended without an answer
+    hangup          {"call_id", "by": "local|remote|transfer", "status", "reason",
+                     "rx_frames", "rx_voiced"?}                 an answered call ended
+                                                                (rx_voiced: measure_audio)
+    play_done       {"call_id", "wav"}
+    agent_ringing   {"call_id", "status"}
+    agent_answered  {"call_id", "mode"}                         the agent has the caller
+    agent_failed    {"call_id", "status", "reason"}             the caller stays with the bot
+    agent_ended     {"call_id"}                                 the agent left (bridge mode):
+                                                                the caller is back with the bot
+    inbound_rejected {"status", "from", "to"}                   an INVITE we never answered
+    registration    {"trunk", "status", "reason", "expires", "ok": bool}
+    error           {"call_id"?, "message"}                     a command that cannot be done
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+VERSION = 1
+MAX_LINE_BYTES = 64 * 1024
+
+
+class ProtocolError(Exception):
+    """A pipe message that is not valid protocol version 1."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: Literal[1] = 1
+
+
+# -- configuration carried by `configure` --------------------------------------------------
+
+
+class TrunkConfig(BaseModel):
+    """A SIP trunk: the platform's own or a customer's own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    kind: Literal["platform", "customer"] = "platform"
+    uri: str  # where calls go: sip:host[:port][;transport=tcp]; dialled as sip:NUMBER@host
+    outbound_proxy: str | None = None
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    realm: str = "*"
+    registers: bool = Field(default=False, alias="register")
+    register_expires: int = Field(default=300, ge=60, le=86_400)
+    caller_id: str | None = None  # default From user
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("uri", "outbound_proxy")
+    @classmethod
+    def _sip_uri(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sip:", "sips:")):
+            raise ValueError(f"must be a sip: or sips: URI, got {value!r}")
+        return value
+
+
+class LineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "line"
+    bind_address: str = "127.0.0.1"
+    sip_port: int = Field(ge=0, le=65535)  # 0: any free port (tests)
+    rtp_port: int = Field(ge=1024, le=65000)
+    rtp_port_range: int = Field(default=100, ge=8, le=10_000)
+    tcp: bool = True
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_port: int | None = None
+    codecs: list[str] = Field(default_factory=lambda: ["PCMU/8000", "PCMA/8000", "G722/16000"])
+    inbound_reject_status: Literal[603, 480, 486] = 603
+    trunks: list[TrunkConfig] = Field(default_factory=list)
+    log_level: int = Field(default=0, ge=0, le=6)  # pjsip's own log, to stderr
+    measure_audio: bool = False  # count voiced frames of the callee (QA diagnostics)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+class Configure(_Message):
+    cmd: Literal["configure"] = "configure"
+    line: LineConfig
+
+
+class Dial(_Message):
+    cmd: Literal["dial"] = "dial"
+    call_id: str = Field(min_length=1, max_length=128)
+    to: str = Field(min_length=1, max_length=256)
+    trunk: str
+    ring_timeout: float = Field(default=30.0, gt=0, le=600)
+    caller_id: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class Hangup(_Message):
+    cmd: Literal["hangup"] = "hangup"
+    call_id: str
+    reason: str | None = None
+
+
+class Play(_Message):
+    cmd: Literal["play"] = "play"
+    call_id: str
+    wav: str
+
+
+class StopPlay(_Message):
+    cmd: Literal["stop_play"] = "stop_play"
+    call_id: str
+
+
+class Transfer(_Message):
+    cmd: Literal["transfer"] = "transfer"
+    call_id: str
+    agent_uri: str
+    mode: Literal["bridge", "refer"] = "bridge"
+
+
+class Shutdown(_Message):
+    cmd: Literal["shutdown"] = "shutdown"
+
+
+Command = Configure | Dial | Hangup | Play | StopPlay | Transfer | Shutdown
+_COMMANDS: TypeAdapter[Command] = TypeAdapter(
+    Annotated[
+        Configure | Dial | Hangup | Play | StopPlay | Transfer | Shutdown,
+        Field(discriminator="cmd"),
+    ]
+)
+
+EVENTS = frozenset(
+    {
+        "ready", "accepted", "refused", "ringing", "answered", "failed", "hangup",
+        "play_done", "agent_ringing", "agent_answered", "agent_failed", "agent_ended",
+        "inbound_rejected", "registration", "error",
+    }
+)  # fmt: skip
+
+
+def encode(message: BaseModel | dict[str, Any]) -> bytes:
+    data = message.model_dump(exclude_none=True) if isinstance(message, BaseModel) else message
+    return (json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+def _load(line: bytes | str) -> dict[str, Any]:
+    if len(line) > MAX_LINE_BYTES:
+        raise ProtocolError(f"message longer than {MAX_LINE_BYTES} bytes")
+    try:
+        data = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("a message must be a JSON object")
+    if data.get("v") != VERSION:
+        raise ProtocolError(f"unsupported protocol version {data.get('v')!r} (this is {VERSION})")
+    return data
+
+
+def decode_command(line: bytes | str) -> Command:
+    data = _load(line)
+    try:
+        return _COMMANDS.validate_python(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            raise ProtocolError(f"unknown command {data.get('cmd')!r}") from None
+        where = ".".join(str(p) for p in error["loc"][1:]) or "message"
+        raise ProtocolError(f"bad {data['cmd']!r} command: {where}: {error['msg']}") from None
+
+
+def event(name: str, **fields: Any) -> dict[str, Any]:
+    assert name in EVENTS, name
+    return {"v": VERSION, "event": name, **{k: v for k, v in fields.items() if v is not None}}
+
+
+def decode_event(line: bytes | str) -> dict[str, Any]:
+    data = _load(line)
+    name = data.get("event")
+    if name not in EVENTS:
+        raise ProtocolError(f"unknown event {name!r}")
+    return data

@@ -1,0 +1,204 @@
+"""Helpers for the SIP integration tests: free ports, sipp runs and their traces, pools."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sip.pool import LinePool, PoolConfig
+from sip.protocol import TrunkConfig
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scripts" / "sipp"
+_next_rtp = iter(range(30000, 60000, 400))
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def rtp_base() -> int:
+    return next(_next_rtp)
+
+
+def _udp_bound(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+@dataclass
+class Message:
+    at: float  # epoch seconds
+    sent: bool
+    text: str
+
+    @property
+    def first_line(self) -> str:
+        return self.text.split("\n", 1)[0].strip()
+
+    def header(self, name: str) -> str | None:
+        match = re.search(rf"^{re.escape(name)}:\s*(.*)$", self.text, re.M | re.I)
+        return match.group(1).strip() if match else None
+
+
+class Sipp:
+    """One sipp process (UAS, or UAC when ``remote`` is given) with its message trace."""
+
+    def __init__(
+        self,
+        scenario: str,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        calls: int = 1,
+        sets: dict[str, Any] | None = None,
+        remote: str | None = None,
+        transport: str = "u1",
+        timeout: float = 30,
+    ) -> None:
+        self.scenario = scenario
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.trace = workdir / f"{scenario}-{self.port}-msg.log"
+        self.errors = workdir / f"{scenario}-{self.port}-err.log"
+        command = [
+            "sipp", "-sf", str(SCENARIOS / f"{scenario}.xml"),
+            "-i", "127.0.0.1", "-p", str(self.port), "-mp", str(rtp_base()),
+            "-m", str(calls), "-nostdin", "-t", transport,
+            "-trace_msg", "-message_file", str(self.trace),
+            "-trace_err", "-error_file", str(self.errors),
+            "-timeout", f"{int(timeout)}s", "-timeout_error",
+        ]  # fmt: skip
+        for key, value in (sets or {}).items():
+            command += ["-set", key, str(value)]
+        if remote:
+            command.append(remote)
+        self.process = subprocess.Popen(
+            command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        if remote is None and transport.startswith("u"):
+            deadline = time.monotonic() + 5
+            while not _udp_bound(self.port) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        else:
+            time.sleep(0.3)
+
+    @property
+    def uri(self) -> str:
+        return f"sip:127.0.0.1:{self.port}"
+
+    def wait(self, timeout: float = 30) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(5)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def error_text(self) -> str:
+        return self.errors.read_text(errors="replace") if self.errors.exists() else ""
+
+    def messages(self) -> list[Message]:
+        if not self.trace.exists():
+            return []
+        found: list[Message] = []
+        blocks = re.split(
+            r"^-{20,} (\S+ \S+)\n", self.trace.read_text(errors="replace"), flags=re.M
+        )
+        for stamp, body in zip(blocks[1::2], blocks[2::2], strict=True):
+            head, _, text = body.partition("\n\n")
+            at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            found.append(Message(at, " sent" in head, text.strip("\n")))
+        return found
+
+    def sent(self, first_line_start: str, cseq: str | None = None) -> list[Message]:
+        return [
+            m
+            for m in self.messages()
+            if m.sent
+            and m.first_line.startswith(first_line_start)
+            and (cseq is None or (m.header("CSeq") or "").endswith(cseq))
+        ]
+
+    def received(self, method: str) -> list[Message]:
+        return [m for m in self.messages() if not m.sent and m.first_line.startswith(method)]
+
+
+@contextlib.contextmanager
+def sipps(*runs: Sipp) -> Iterator[tuple[Sipp, ...]]:
+    try:
+        yield runs
+    finally:
+        for run in runs:
+            run.stop()
+
+
+def trunk(name: str, uri: str, **fields: Any) -> TrunkConfig:
+    return TrunkConfig(name=name, uri=uri, **fields)
+
+
+@contextlib.asynccontextmanager
+async def pool_of(*trunks: TrunkConfig, lines: int = 1, **options: Any) -> AsyncIterator[LinePool]:
+    config = PoolConfig(lines=lines, sip_port=0, rtp_port=rtp_base(), trunks=trunks, **options)
+    async with LinePool(config) as pool:
+        yield pool
+
+
+_BACKLOG: dict[int, dict[str | None, list[dict[str, Any]]]] = {}
+
+
+async def events_until(
+    pool: LinePool, call_id: str | None, last: set[str], within: float = 20
+) -> list[dict[str, Any]]:
+    """Events of one call (None: events of no call), up to and including the first whose
+    name is in ``last``. Other calls' events are kept for their own turn."""
+    backlog = _BACKLOG.setdefault(id(pool), {})
+    seen: list[dict[str, Any]] = []
+    queued = backlog.setdefault(call_id, [])
+    while queued:
+        event = queued.pop(0)
+        seen.append(event)
+        if event["event"] in last:
+            return seen
+    deadline = time.monotonic() + within
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"{call_id}: no {sorted(last)} within {within} s; saw {seen}")
+        event = await pool.next_event(remaining)
+        if event.get("call_id") != call_id:
+            backlog.setdefault(event.get("call_id"), []).append(event)
+            continue
+        seen.append(event)
+        if event["event"] in last:
+            return seen
+
+
+def names(events: list[dict[str, Any]]) -> list[str]:
+    return [e["event"] for e in events]

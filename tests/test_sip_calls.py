@@ -1,0 +1,222 @@
+"""Real pjsua2 line processes, driven through the line pool, against real sipp on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from siputil import Sipp, events_until, names, pool_of, sipps, trunk
+
+from sip.pool import DialRefused, PoolFull, UnknownCall
+
+FINAL = {"failed", "hangup", "interrupted"}
+
+
+async def test_answered_call_timestamps_agree_with_the_wire(tmp_path: Path) -> None:
+    """`answered` is taken when the 200 OK arrives: within 20 ms of sipp sending it."""
+    with sipps(Sipp("uas_answer", tmp_path, calls=3, sets={"ring_ms": 300, "talk_ms": 800})) as (
+        uas,
+    ):
+        async with pool_of(trunk("main", uas.uri), lines=1) as pool:
+            for n in range(3):
+                await pool.dial(f"c{n}", f"+1555000{n}", "main", ring_timeout=10)
+            runs = [await events_until(pool, f"c{n}", FINAL) for n in range(3)]
+        assert uas.wait(15) == 0, uas.error_text()
+    oks = {
+        str(m.header("To")).split("@")[0].split(":")[-1]: m.at
+        for m in uas.sent("SIP/2.0 200", "INVITE")
+    }
+    for n, events in enumerate(runs):
+        assert names(events) == ["accepted", "ringing", "answered", "hangup"], events
+        answered, hangup = events[2], events[3]
+        assert abs(answered["at"] - oks[f"+1555000{n}"]) < 0.020
+        assert answered["mono"] > 0
+        assert hangup["by"] == "remote" and hangup["status"] == 200
+        assert hangup["rx_frames"] > 20  # the callee's audio reached the in-process tap
+
+
+async def test_hangup_before_the_answer_sends_cancel(tmp_path: Path) -> None:
+    with sipps(Sipp("uas_noanswer", tmp_path, calls=2)) as (uas,):
+        async with pool_of(trunk("main", uas.uri)) as pool:
+            await pool.dial("c-hang", "+15550001", "main", ring_timeout=30)
+            await events_until(pool, "c-hang", {"ringing"})
+            await pool.hangup("c-hang", "campaign paused")
+            hung = await events_until(pool, "c-hang", FINAL)
+            await pool.dial("c-timeout", "+15550002", "main", ring_timeout=1)
+            timed_out = await events_until(pool, "c-timeout", FINAL)
+        # sipp's scenario completes only when CANCEL arrived and 487 was acknowledged
+        assert uas.wait(15) == 0, uas.error_text()
+    assert len(uas.received("CANCEL")) == 2
+    assert hung[-1] | {"by": "local", "status": 487, "timeout": False} == hung[-1]
+    assert timed_out[-1]["event"] == "failed"
+    assert timed_out[-1]["timeout"] is True and timed_out[-1]["by"] == "local"
+
+
+@pytest.mark.parametrize("status", [486, 603, 480, 404, 503])
+async def test_callee_refusals_are_reported_with_their_status(tmp_path: Path, status: int) -> None:
+    with sipps(Sipp(f"uas_reject_{status}", tmp_path)) as (uas,):
+        async with pool_of(trunk("main", uas.uri)) as pool:
+            await pool.dial("c1", "+15550001", "main")
+            events = await events_until(pool, "c1", FINAL)
+        assert uas.wait(10) == 0, uas.error_text()
+    assert names(events) == ["accepted", "failed"]
+    assert events[-1]["status"] == status and events[-1]["by"] == "remote"
+
+
+@pytest.mark.parametrize("status", [603, 486])
+async def test_inbound_invites_are_rejected_never_answered(tmp_path: Path, status: int) -> None:
+    async with pool_of(inbound_reject_status=status) as pool:
+        port = pool.sip_ports[0]
+        with sipps(Sipp(f"uac_inbound_{status}", tmp_path, remote=f"127.0.0.1:{port}")) as (uac,):
+            assert uac.wait(15) == 0, uac.error_text()
+            event = (await events_until(pool, None, {"inbound_rejected"}, 5))[-1]
+    assert event["event"] == "inbound_rejected" and event["status"] == status
+    assert "+15551234567" in event["from"]
+    assert not [m for m in uac.messages() if not m.sent and m.first_line.startswith("SIP/2.0 200")]
+
+
+async def test_play_reaches_the_callee_and_reports_its_end(tmp_path: Path, tone_wav: Path) -> None:
+    with sipps(Sipp("uas_answer", tmp_path, sets={"ring_ms": 0, "talk_ms": 0})) as (uas,):
+        async with pool_of(trunk("main", uas.uri)) as pool:
+            await pool.dial("c1", "+15550001", "main")
+            await events_until(pool, "c1", {"answered"})
+            await pool.play("c1", str(tone_wav))
+            done = await events_until(pool, "c1", {"play_done", "error"})
+            await pool.play("c1", str(tmp_path / "missing.wav"))
+            missing = await events_until(pool, "c1", {"error"})
+            await pool.hangup("c1")
+            end = await events_until(pool, "c1", FINAL)
+        assert uas.wait(10) == 0, uas.error_text()
+    assert done[-1]["event"] == "play_done" and done[-1]["wav"] == str(tone_wav)
+    assert "cannot play" in missing[-1]["message"]
+    assert end[-1]["event"] == "hangup" and end[-1]["by"] == "local"
+    assert uas.received("BYE")
+
+
+async def test_caller_id_headers_codecs_and_tcp(tmp_path: Path) -> None:
+    with sipps(
+        Sipp("uas_answer", tmp_path, transport="t1", sets={"ring_ms": 0, "talk_ms": 200})
+    ) as (uas,):
+        main = trunk(
+            "main",
+            f"sip:127.0.0.1:{uas.port};transport=tcp",
+            caller_id="+15557654321",
+            headers={"X-Trunk": "main"},
+        )
+        async with pool_of(main, codecs=("G722/16000", "PCMA/8000", "PCMU/8000")) as pool:
+            await pool.dial("c1", "+15550001", "main", caller_id="+15550000999",
+                            headers={"X-Campaign": "spring"})  # fmt: skip
+            events = await events_until(pool, "c1", FINAL)
+        assert uas.wait(10) == 0, uas.error_text()
+    assert events[-1]["event"] == "hangup"
+    invite = uas.received("INVITE")[0]
+    assert "sip:+15550000999@" in (invite.header("From") or "")  # per-call caller ID wins
+    assert invite.header("X-Campaign") == "spring" and invite.header("X-Trunk") == "main"
+    assert "TCP" in (invite.header("Via") or "")
+    assert "m=audio" in invite.text and " RTP/AVP 9 8 0" in invite.text  # configured order
+    assert "c=IN IP4 127.0.0.1" in invite.text
+
+
+async def test_digest_credentials_and_registration(tmp_path: Path) -> None:
+    credentials = {"username": "trunkuser", "password": "s3cret"}
+    with sipps(Sipp("uas_register", tmp_path), Sipp("uas_auth_answer", tmp_path)) as (
+        registrar,
+        carrier,
+    ):
+        registering = trunk(
+            "reg", registrar.uri, register=True, register_expires=120, **credentials
+        )
+        authed = trunk("carrier", carrier.uri, **credentials)
+        async with pool_of(registering, authed) as pool:
+            registration = (await events_until(pool, None, {"registration"}))[-1]
+            await pool.dial("c1", "+15550001", "carrier")
+            await events_until(pool, "c1", {"answered"})
+            await pool.hangup("c1")
+            await events_until(pool, "c1", FINAL)
+        assert registrar.wait(10) == 0, registrar.error_text()
+        assert carrier.wait(10) == 0, carrier.error_text()
+    assert registration["event"] == "registration" and registration["ok"] is True
+    assert registration["trunk"] == "reg" and registration["status"] == 200
+
+
+async def test_dial_refusals_are_clean(tmp_path: Path) -> None:
+    with sipps(Sipp("uas_noanswer", tmp_path, calls=4)) as (uas,):
+        async with pool_of(trunk("main", uas.uri), lines=1) as pool:
+            with pytest.raises(DialRefused, match="unknown trunk 'nope'"):
+                await pool.dial("x", "+15550001", "nope")
+            for n in range(4):
+                await pool.dial(f"c{n}", f"+1555000{n}", "main")
+            with pytest.raises(PoolFull):
+                await pool.dial("c5", "+15550005", "main")
+            with pytest.raises(DialRefused, match="already up"):
+                await pool.dial("c1", "+15550001", "main")
+            with pytest.raises(UnknownCall):
+                await pool.hangup("ghost")
+            for n in range(4):
+                await pool.hangup(f"c{n}")
+            for n in range(4):
+                await events_until(pool, f"c{n}", FINAL)
+        assert uas.wait(10) == 0, uas.error_text()
+
+
+async def test_a_full_line_refuses_and_the_pool_places_the_call_elsewhere(tmp_path: Path) -> None:
+    with sipps(Sipp("uas_noanswer", tmp_path, calls=5)) as (uas,):
+        async with pool_of(trunk("main", uas.uri), lines=2) as pool:
+            line0, line1 = pool._lines
+            line1.alive = False  # hide line1 while line0 fills up
+            for n in range(4):
+                assert await pool.dial(f"c{n}", f"+1555000{n}", "main") == "line0"
+            line1.alive = True
+            line0.free = 4  # a stale view: the pool believes line0 has room
+            line1.free = 0
+            line1.pending = -4  # ... and prefers it
+            assert await pool.dial("c4", "+15550004", "main") == "line1"
+            line1.pending = 0
+            for n in range(5):
+                await pool.hangup(f"c{n}")
+                await events_until(pool, f"c{n}", FINAL)
+        assert uas.wait(10) == 0
+
+
+async def test_a_killed_line_is_replaced_and_its_calls_interrupted(tmp_path: Path) -> None:
+    with sipps(Sipp("uas_answer", tmp_path, calls=3, sets={"ring_ms": 0, "talk_ms": 0})) as (uas,):
+        async with pool_of(trunk("main", uas.uri), lines=2) as pool:
+            placed = {f"c{n}": await pool.dial(f"c{n}", f"+1555000{n}", "main") for n in range(2)}
+            for call_id in placed:
+                await events_until(pool, call_id, {"answered"})
+            victim = pool._lines[0]
+            old_pid = victim.process.pid  # type: ignore[union-attr]
+            os.kill(old_pid, signal.SIGKILL)
+            lost = await events_until(pool, "c0", FINAL)
+            assert lost[-1]["event"] == "interrupted" and lost[-1]["line"] == "line0"
+            await events_until(pool, None, {"line_restarted"})
+            assert victim.process.pid != old_pid and victim.alive  # type: ignore[union-attr]
+            assert await pool.dial("c2", "+15550002", "main") in ("line0", "line1")
+            await events_until(pool, "c2", {"answered"})
+        # closing the pool hung up the calls still up with BYE
+    uas.stop()
+    assert len(uas.received("BYE")) >= 2
+
+
+async def test_closing_the_pool_hangs_up_every_call_and_leaves_no_process(tmp_path: Path) -> None:
+    with sipps(
+        Sipp("uas_answer", tmp_path, calls=2, sets={"ring_ms": 0, "talk_ms": 0}),
+        Sipp("uas_noanswer", tmp_path, calls=2),
+    ) as (answering, ringing):
+        async with pool_of(trunk("up", answering.uri), trunk("ring", ringing.uri), lines=2) as pool:
+            for n in range(2):
+                await pool.dial(f"up{n}", f"+1555000{n}", "up")
+                await pool.dial(f"ring{n}", f"+1555100{n}", "ring")
+            for n in range(2):
+                await events_until(pool, f"up{n}", {"answered"})
+                await events_until(pool, f"ring{n}", {"ringing"})
+            pids = [pid for pid in pool.pids() if pid]
+        assert answering.wait(10) == 0, answering.error_text()  # BYE for the answered
+        assert ringing.wait(10) == 0, ringing.error_text()  # CANCEL for the ringing
+    await asyncio.sleep(0.1)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
