@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import structlog
@@ -25,6 +29,7 @@ from dialer import db
 from dialer.config import ConfigError, Settings, load_settings
 from dialer.errors import DialerError
 from dialer.logs import configure_logging, redact_text
+from sip.errors import PlanError, SipSetupError
 
 T = TypeVar("T")
 
@@ -299,6 +304,42 @@ def format_seconds(seconds: int) -> str:
     return f"{sign}{minutes}:{rest:02d}"
 
 
+# -- QA: simulated SIP endpoints ----------------------------------------------------------
+
+
+@app.command("sim")
+def sim(
+    plan: Annotated[Path, typer.Option("--plan", help="TOML plan: how each number behaves.")],
+    port: Annotated[int, typer.Option("--port", help="SIP port (UDP and TCP).")] = 5070,
+    bind: Annotated[str, typer.Option("--bind", help="Address to listen on.")] = "127.0.0.1",
+    rtp_port: Annotated[int, typer.Option("--rtp-port", help="First RTP port.")] = 40000,
+) -> None:
+    """Simulated callees and agents on pjsua2 for QA (plan format: `sip/sim.py`).
+
+    Prints one JSON line per call event on stdout; stops on SIGINT or SIGTERM.
+    """
+    from sip.endpoint import move_c_stdout_to_stderr
+    from sip.sim import SimFarm, load_plan
+
+    settings()
+    loaded = load_plan(plan)
+    # pjlib prints to the C stdout: keep stdout for the JSON lines only
+    out = os.fdopen(move_c_stdout_to_stderr(), "w", buffering=1)
+
+    def report(message: dict[str, Any]) -> None:
+        out.write(json.dumps(message) + "\n")
+
+    farm = SimFarm(loaded, port=port, bind_address=bind, rtp_port=rtp_port, report=report)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    farm.start()
+    try:
+        stop.wait()
+    finally:
+        farm.stop()
+
+
 # -- demo ------------------------------------------------------------------------------------
 
 
@@ -346,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         if message:  # empty: no subcommand given, the help was printed
             print(f"error: {message}", file=sys.stderr)
         return int(getattr(usage, "exit_code", 2))
-    except (BillingError, ConfigError, DialerError) as refused:
+    except (BillingError, ConfigError, DialerError, PlanError, SipSetupError) as refused:
         print(f"error: {refused}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -16,14 +16,12 @@ from typing import Any
 
 import pjsua2 as pj
 
+from sip.errors import SipSetupError
+
 MAX_CALLS = 4  # PJSUA_MAX_CALLS in the only wheel that installs here; larger is clamped
 MAX_ACCOUNTS = 8  # PJSUA_MAX_ACC: one more aborts the process (assertion)
 PJ_ETOOMANY = 70010
 USER_AGENT = "campaign-dialer"
-
-
-class SipSetupError(Exception):
-    """The endpoint could not be started (port taken, bad certificate...)."""
 
 
 @dataclass
@@ -94,7 +92,7 @@ def add_transports(
             actual_tls = int(ep.transportGetInfo(tls_id).localName.rsplit(":", 1)[1])
     except pj.Error as exc:
         raise SipSetupError(
-            f"cannot open SIP transport on {bind_address}:{port}: {exc.info()}"
+            f"cannot open SIP transport on {bind_address}:{port}: {exc.reason}"
         ) from None
     return Transports(udp_port=actual, tcp=tcp, tls_port=actual_tls)
 

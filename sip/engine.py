@@ -30,13 +30,13 @@ from sip.endpoint import (
     MAX_ACCOUNTS,
     MAX_CALLS,
     PJ_ETOOMANY,
-    SipSetupError,
     add_transports,
     create_endpoint,
     destroy_endpoint,
     media_transport,
     set_codec_priorities,
 )
+from sip.errors import SipSetupError
 from sip.protocol import (
     Command,
     Dial,
@@ -267,6 +267,10 @@ class SipEngine:
             self._setup()
         except BaseException as exc:  # reported to start()
             self._startup_error = exc if isinstance(exc, SipSetupError) else SipSetupError(str(exc))
+            if self._ep is not None:  # destroy on this thread, or pjlib aborts at exit
+                accounts = self._release_everything()
+                destroy_endpoint(self._ep, self._idle_taps, self._all_taps, accounts)
+                self._ep = None
             self._ready.set()
             return
         self._ready.set()
@@ -279,7 +283,8 @@ class SipEngine:
 
     def _setup(self) -> None:
         cfg = self.config
-        ep = self._ep = create_endpoint(_Endpoint(self), cfg.log_level, TAP_CLOCK_RATE)
+        self._ep = _Endpoint(self)
+        ep = create_endpoint(self._ep, cfg.log_level, TAP_CLOCK_RATE)
         transports = add_transports(
             ep,
             cfg.bind_address,

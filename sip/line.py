@@ -15,7 +15,8 @@ import signal
 import sys
 from typing import Any, BinaryIO
 
-from sip.endpoint import SipSetupError, move_c_stdout_to_stderr
+from sip.endpoint import move_c_stdout_to_stderr
+from sip.errors import SipSetupError
 from sip.protocol import (
     MAX_LINE_BYTES,
     Configure,

@@ -67,13 +67,10 @@ from sip.endpoint import (
     media_transport,
     set_codec_priorities,
 )
+from sip.errors import PlanError, SipSetupError
 
 POLL_MS = 10
 REQUEST_USER = re.compile(rb"^INVITE\s+sips?:([^@;>\s]+)@", re.M)
-
-
-class PlanError(Exception):
-    """The plan file cannot be used; the message names the file and key."""
 
 
 class Behaviour(BaseModel):
@@ -243,7 +240,9 @@ class SimFarm:
         if not self._ready.wait(timeout):
             raise RuntimeError("simulator did not start in time")
         if self._error is not None:
-            raise self._error
+            if isinstance(self._error, SipSetupError):
+                raise self._error
+            raise SipSetupError(f"simulator could not start: {self._error}")
 
     def stop(self) -> None:
         self._inbox.put("stop")
@@ -258,6 +257,7 @@ class SimFarm:
     # -- SIP thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        ep = None
         try:
             ep = create_endpoint(None, 0, 16000)
             transports = add_transports(ep, self.bind_address, self.port)
@@ -283,6 +283,9 @@ class SimFarm:
             self._idle_meters = list(self._meters)
         except BaseException as exc:
             self._error = exc
+            if ep is not None:  # on this thread, or pjlib aborts the process at exit
+                self._account = None
+                destroy_endpoint(ep, self._meters, self._idle_meters)
             self._ready.set()
             return
         self._ready.set()

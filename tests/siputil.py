@@ -202,3 +202,53 @@ async def events_until(
 
 def names(events: list[dict[str, Any]]) -> list[str]:
     return [e["event"] for e in events]
+
+
+class SimProcess:
+    """`dialer sim` as a subprocess, its JSON lines collected."""
+
+    def __init__(self, plan: Path, port: int | None = None) -> None:
+        import json
+        import sys
+        import threading
+
+        self.port = port or free_port()
+        exe = Path(sys.executable).with_name("dialer")
+        self.process = subprocess.Popen(
+            [str(exe), "sim", "--plan", str(plan), "--port", str(self.port),
+             "--rtp-port", str(rtp_base())],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.events: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+
+        def pump() -> None:
+            assert self.process.stdout is not None
+            for line in self.process.stdout:
+                with self._changed:
+                    self.events.append(json.loads(line))
+                    self._changed.notify_all()
+
+        threading.Thread(target=pump, daemon=True).start()
+        self.wait_for(lambda e: e["event"] == "ready", 15)
+
+    def wait_for(self, match: Any, within: float = 15) -> dict[str, Any]:
+        deadline = time.monotonic() + within
+        with self._changed:
+            while True:
+                for event in self.events:
+                    if match(event):
+                        return event
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.process.poll() is not None:
+                    raise TimeoutError(f"sim: no matching event; saw {self.events}")
+                self._changed.wait(remaining)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

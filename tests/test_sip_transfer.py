@@ -1,0 +1,87 @@
+"""Agent transfers on real pjsua2 lines against real sipp: bridge and blind REFER."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from siputil import Sipp, events_until, names, pool_of, sipps, trunk
+
+FINAL = {"failed", "hangup", "interrupted"}
+AGENT_DONE = {"agent_failed", "agent_ended", "hangup"}
+
+
+async def test_bridge_transfer_busy_then_answered_then_agent_leaves(tmp_path: Path) -> None:
+    with sipps(
+        Sipp("uas_answer", tmp_path, sets={"ring_ms": 0, "talk_ms": 0}),
+        Sipp("uas_reject_486", tmp_path),
+        Sipp("uas_answer", tmp_path, sets={"ring_ms": 300, "talk_ms": 1000}),
+    ) as (caller, busy_agent, agent):
+        async with pool_of(trunk("main", caller.uri)) as pool:
+            await pool.dial("c1", "+15550001", "main")
+            await events_until(pool, "c1", {"answered"})
+
+            await pool.transfer("c1", f"sip:agent@127.0.0.1:{busy_agent.port}", "bridge")
+            busy = await events_until(pool, "c1", AGENT_DONE)
+
+            await pool.transfer("c1", f"sip:agent@127.0.0.1:{agent.port}", "bridge")
+            bridged = await events_until(pool, "c1", AGENT_DONE)
+
+            # the caller is back with the bot: the line still carries the call
+            await pool.hangup("c1")
+            end = await events_until(pool, "c1", FINAL)
+        for run in (caller, busy_agent, agent):
+            assert run.wait(10) == 0, run.error_text()
+    assert names(busy) == ["agent_failed"] and busy[0]["status"] == 486
+    assert names(bridged) == ["agent_ringing", "agent_answered", "agent_ended"]
+    assert bridged[1]["mode"] == "bridge"
+    assert end[-1]["event"] == "hangup" and end[-1]["by"] == "local"
+    assert agent.sent("BYE")  # the agent hung up; the caller leg stayed up until our BYE
+    assert caller.received("BYE")
+
+
+async def test_caller_hanging_up_during_a_bridge_ends_the_agent_leg(tmp_path: Path) -> None:
+    with sipps(
+        Sipp("uas_answer", tmp_path, sets={"ring_ms": 0, "talk_ms": 1500}),
+        Sipp("uas_answer", tmp_path, sets={"ring_ms": 0, "talk_ms": 0}),
+    ) as (caller, agent):
+        async with pool_of(trunk("main", caller.uri)) as pool:
+            await pool.dial("c1", "+15550001", "main")
+            await events_until(pool, "c1", {"answered"})
+            await pool.transfer("c1", f"sip:agent@127.0.0.1:{agent.port}")
+            events = await events_until(pool, "c1", FINAL)
+        assert caller.wait(10) == 0, caller.error_text()
+        assert agent.wait(10) == 0, agent.error_text()  # it got our BYE
+    assert names(events) == ["agent_answered", "hangup"] or names(events) == [
+        "agent_ringing",
+        "agent_answered",
+        "hangup",
+    ]
+    assert events[-1]["by"] == "remote"
+
+
+async def test_refer_success_ends_the_bot_leg(tmp_path: Path) -> None:
+    with sipps(Sipp("uas_refer_ok", tmp_path)) as (callee,):
+        async with pool_of(trunk("main", callee.uri)) as pool:
+            await pool.dial("c1", "+15550001", "main")
+            await events_until(pool, "c1", {"answered"})
+            await pool.transfer("c1", "sip:agent@127.0.0.1:5999", "refer")
+            events = await events_until(pool, "c1", FINAL)
+        assert callee.wait(10) == 0, callee.error_text()
+    assert names(events) == ["agent_ringing", "agent_answered", "hangup"]
+    assert events[1]["mode"] == "refer" and events[-1]["by"] == "transfer"
+    refer = callee.received("REFER")[0]
+    assert refer.header("Refer-To") in ("sip:agent@127.0.0.1:5999", "<sip:agent@127.0.0.1:5999>")
+
+
+async def test_refer_failure_keeps_the_caller_with_the_bot(tmp_path: Path) -> None:
+    with sipps(Sipp("uas_refer_fail", tmp_path)) as (callee,):
+        async with pool_of(trunk("main", callee.uri)) as pool:
+            await pool.dial("c1", "+15550001", "main")
+            await events_until(pool, "c1", {"answered"})
+            await pool.transfer("c1", "sip:agent@127.0.0.1:5999", "refer")
+            failed = await events_until(pool, "c1", AGENT_DONE)
+            await pool.hangup("c1")
+            end = await events_until(pool, "c1", FINAL)
+        assert callee.wait(10) == 0, callee.error_text()
+    assert names(failed) == ["agent_failed"] and failed[0]["status"] == 486
+    assert end[-1]["event"] == "hangup" and end[-1]["by"] == "local"
