@@ -66,8 +66,9 @@ async def test_each_number_behaves_as_its_plan_says(sim: SimProcess) -> None:
         await pool.dial("human", "+15550001", "sim")
         human = await events_until(pool, "human", FINAL)
         refusals = {}
-        for number, status in [("+15550002", 486), ("+15550003", 603), ("+15550004", 480),
-                               ("+15550005", 404), ("+15550006", 503), ("+19999999", 404)]:  # fmt: skip
+        rejecting = {"+15550002": 486, "+15550003": 603, "+15550004": 480, "+15550005": 404}
+        rejecting |= {"+15550006": 503, "+19999999": 404}  # the last is not in the plan
+        for number, status in rejecting.items():
             await pool.dial(number, number, "sim")
             refusals[status, number] = (await events_until(pool, number, FINAL))[-1]
         await pool.dial("ringing", "+15550007", "sim", ring_timeout=1)
