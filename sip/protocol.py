@@ -106,7 +106,7 @@ class LineConfig(BaseModel):
     tls_port: int | None = None
     codecs: list[str] = Field(default_factory=lambda: ["PCMU/8000", "PCMA/8000", "G722/16000"])
     inbound_reject_status: Literal[603, 480, 486] = 603
-    trunks: list[TrunkConfig] = Field(default_factory=list)
+    trunks: list[TrunkConfig] = Field(default_factory=list, max_length=7)  # PJSUA_MAX_ACC 8
     log_level: int = Field(default=0, ge=0, le=6)  # pjsip's own log, to stderr
     measure_audio: bool = False  # count voiced frames of the callee (QA diagnostics)
 
