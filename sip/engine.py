@@ -7,15 +7,23 @@ Rules of this file (PJSUA2_NOTES.md, "Object lifetime"):
 * A Call is referenced from ``self._live`` from creation until its DISCONNECTED
   callback, then moved to ``self._retired`` and dropped on the next loop turn: exactly
   once, never inside its own callback, never while its slot could be reused.
+* Python's cyclic garbage collector would run pjsua2 destructors on whatever thread
+  happens to allocate (the asyncio thread: "Calling pjlib from unknown/external thread",
+  an abort, measured under load). So the line disables automatic collection
+  (``start``), the SIP thread collects (``_collect``), and retired calls have their
+  reference cycles cut before they are dropped.
 * Media taps are a fixed pool created at start and reconnected per call (creating one
   per call crashed the media clock thread in measurements).
-* Events leave through ``emit`` (thread-safe, supplied by the line process).
+* Events leave through ``emit`` (thread-safe, supplied by the line process), in one
+  batch per loop turn, written by this thread: no hop through the asyncio thread
+  (measured: the cross-thread wake-up was the line's largest cost under load).
 * The callee's audio frames go to an in-process FrameConsumer, never to ``emit``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import queue
 import threading
 import time
@@ -31,6 +39,7 @@ from sip.endpoint import (
     MAX_CALLS,
     PJ_ETOOMANY,
     add_transports,
+    collect_like_python,
     create_endpoint,
     destroy_endpoint,
     media_transport,
@@ -54,7 +63,7 @@ POLL_MS = 10
 SHUTDOWN_DRAIN_SECONDS = 2.0
 TAP_CLOCK_RATE = 16000
 
-Emit = Callable[[dict[str, Any]], None]
+Emit = Callable[[list[dict[str, Any]]], None]
 
 
 class FrameConsumer(Protocol):
@@ -235,10 +244,12 @@ class SipEngine:
         self._idle_taps: list[_Tap] = []
         self._all_taps: list[_Tap] = []
         self._players: set[_Player] = set()
+        self._outbox: list[dict[str, Any]] = []
 
     # -- other threads --------------------------------------------------------------------
 
     def start(self, timeout: float = 15.0) -> None:
+        gc.disable()  # collections happen on the SIP thread only: see the rules above
         self._thread.start()
         if not self._ready.wait(timeout):
             raise SipSetupError("SIP thread did not start in time")
@@ -255,12 +266,21 @@ class SipEngine:
     # -- the SIP thread -------------------------------------------------------------------
 
     @property
+    def _taps_wanted(self) -> bool:
+        return self.consumer is not None or self.config.measure_audio
+
+    @property
     def free_slots(self) -> int:
         return MAX_CALLS - len(self._live)
 
     def _emit(self, name: str, **fields: Any) -> None:
         fields.setdefault("at", time.time())
-        self._emit_raw(event(name, free=self.free_slots, **fields))
+        self._outbox.append(event(name, free=self.free_slots, **fields))
+
+    def _flush(self) -> None:
+        if self._outbox:
+            batch, self._outbox = self._outbox, []
+            self._emit_raw(batch)
 
     def _run(self) -> None:
         try:
@@ -273,6 +293,8 @@ class SipEngine:
                 self._ep = None
             self._ready.set()
             return
+        gc.freeze()  # startup objects (imports, config) never need scanning again
+        self._flush()
         self._ready.set()
         try:
             while not self._stopping:
@@ -304,7 +326,8 @@ class SipEngine:
         fmt = pj.MediaFormatAudio()
         fmt.type = pj.PJMEDIA_TYPE_AUDIO
         fmt.init(pj.PJMEDIA_FORMAT_PCM, TAP_CLOCK_RATE, 1, 20_000, 16)
-        for n in range(MAX_CALLS):
+        # A tap in the bridge is called every 20 ms even unconnected: none unless wanted.
+        for n in range(MAX_CALLS if self._taps_wanted else 0):
             tap = _Tap(self.consumer, cfg.measure_audio)
             tap.createPort(f"tap{n}", fmt)
             self._all_taps.append(tap)
@@ -351,8 +374,19 @@ class SipEngine:
             ) from None
         return account
 
+    def _drop_retired(self) -> None:
+        """Dropped here, outside their callbacks, on this thread, cycles cut first."""
+        for call in self._retired:
+            call.record = None
+        self._retired.clear()
+
+    def _collect(self) -> None:
+        collect_like_python()
+
     def _turn(self) -> None:
-        self._retired.clear()  # dropped here, outside their callbacks
+        self._flush()  # what the callbacks of this poll reported
+        self._drop_retired()
+        self._collect()
         while True:
             try:
                 item = self._inbox.get_nowait()
@@ -368,6 +402,7 @@ class SipEngine:
             if not record.answered and record.hangup_by is None and now >= record.deadline:
                 record.timeout = True
                 self._hangup(record, "local")
+        self._flush()
 
     def _handle(self, item: Any) -> None:
         if isinstance(item, tuple) and item[0] == "play_done":
@@ -484,7 +519,7 @@ class SipEngine:
                 by=record.hangup_by or "remote",
                 status=status,
                 reason=reason,
-                rx_frames=record.rx_frames,
+                rx_frames=record.rx_frames if self._taps_wanted else None,
                 rx_voiced=record.rx_voiced if self.config.measure_audio else None,
             )
         else:
@@ -524,6 +559,10 @@ class SipEngine:
                 return
 
     def _attach_tap(self, record: _Record) -> None:
+        # A Python tap costs ~0.7% of a core per call (a callback every 20 ms): only when
+        # someone listens (a frame consumer, or measure_audio for QA).
+        if not self._taps_wanted:
+            return
         if record.tap is None and self._idle_taps and record.audio is not None:
             tap = self._idle_taps.pop()
             tap.frames = tap.voiced = 0
@@ -708,6 +747,7 @@ class SipEngine:
         # Separate frames: no loop variable may keep a pjsua2 object alive past libDestroy.
         self._hang_up_everything(ep)
         accounts = self._release_everything()
+        self._flush()
         destroy_endpoint(ep, self._live, self._retired, self._idle_taps, self._all_taps, accounts)
         self._ep = None
 
@@ -753,7 +793,7 @@ class SipEngine:
         return accounts
 
     def _turn_events_only(self) -> None:
-        self._retired.clear()
+        self._drop_retired()
         while True:
             try:
                 item = self._inbox.get_nowait()

@@ -13,7 +13,8 @@ import contextlib
 import os
 import signal
 import sys
-from typing import Any, BinaryIO
+import threading
+from typing import Any
 
 from sip.endpoint import move_c_stdout_to_stderr
 from sip.errors import SipSetupError
@@ -29,15 +30,21 @@ from sip.protocol import (
 
 
 class _Writer:
-    """Protocol output on the saved stdout descriptor, one message per write."""
+    """Protocol output on the saved stdout descriptor. Called from the SIP thread (event
+    batches) and the asyncio thread (command errors): one lock, whole messages."""
 
     def __init__(self, fd: int) -> None:
-        self._out: BinaryIO = os.fdopen(fd, "wb", buffering=0)
+        self._fd = fd
+        self._lock = threading.Lock()
 
     def __call__(self, message: dict[str, Any]) -> None:
-        # the orchestrator may be gone: stdin EOF will stop us
-        with contextlib.suppress(BrokenPipeError):
-            self._out.write(encode(message))
+        self.batch([message])
+
+    def batch(self, messages: list[dict[str, Any]]) -> None:
+        data = memoryview(b"".join(encode(m) for m in messages))
+        with self._lock, contextlib.suppress(BrokenPipeError):  # gone: stdin EOF stops us
+            while data:
+                data = data[os.write(self._fd, data) :]
 
 
 async def serve(protocol_fd: int) -> int:
@@ -58,10 +65,7 @@ async def serve(protocol_fd: int) -> int:
         write(event("error", message="the first command must be configure"))
         return 2
 
-    def emit(message: dict[str, Any]) -> None:
-        loop.call_soon_threadsafe(write, message)
-
-    engine = SipEngine(configure.line, emit)
+    engine = SipEngine(configure.line, write.batch)
     try:
         await loop.run_in_executor(None, engine.start)
     except SipSetupError as exc:

@@ -116,6 +116,7 @@ class _Line:
     pending: int = 0  # dials sent, not yet accepted or refused
     calls: set[str] = field(default_factory=set)
     acks: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    outbox: list[bytes] = field(default_factory=list)
     ready: asyncio.Future[dict[str, Any]] | None = None
     reader: asyncio.Task[None] | None = None
     alive: bool = False
@@ -169,6 +170,7 @@ class LinePool:
         )
         line.ready = asyncio.get_running_loop().create_future()
         line.free = line.pending = 0
+        line.outbox = []
         line.reader = asyncio.create_task(self._read(line), name=f"pool-{line.name}")
         self._send(line, Configure(line=line.config))
         try:
@@ -186,7 +188,9 @@ class LinePool:
             task.cancel()
         for line in self._lines:
             if line.process is not None and line.process.returncode is None:
-                self._send(line, Shutdown())
+                with contextlib.suppress(PoolError):
+                    self._send(line, Shutdown())
+                self._flush(line)
                 if line.process.stdin is not None:
                     line.process.stdin.close()
         await asyncio.gather(*(self._wait_exit(line) for line in self._lines))
@@ -293,10 +297,21 @@ class LinePool:
         return line
 
     def _send(self, line: _Line, message: Any) -> None:
+        """Queue a command; one write per line per loop iteration carries all queued ones
+        (measured: a pipe write per command was the orchestrator's largest cost)."""
         process = line.process
         if process is None or process.stdin is None or process.stdin.is_closing():
             raise PoolError(f"{line.name} is not running")
-        process.stdin.write(encode(message))
+        line.outbox.append(encode(message))
+        if len(line.outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush, line)
+
+    def _flush(self, line: _Line) -> None:
+        data, line.outbox = b"".join(line.outbox), []
+        process = line.process
+        stdin = process.stdin if process is not None else None
+        if data and stdin is not None and not stdin.is_closing():
+            stdin.write(data)
 
     def _forget(self, line: _Line, call_id: str) -> None:
         line.calls.discard(call_id)

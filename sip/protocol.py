@@ -31,8 +31,9 @@ slots after the event::
     failed          {"call_id", "status", "reason", "by": "local|remote", "timeout": bool}
                                                                 ended without an answer
     hangup          {"call_id", "by": "local|remote|transfer", "status", "reason",
-                     "rx_frames", "rx_voiced"?}                 an answered call ended
-                                                                (rx_voiced: measure_audio)
+                     "rx_frames"?, "rx_voiced"?}                an answered call ended
+                                                                (rx_*: frames of the callee's
+                                                                audio the tap saw, when tapped)
     play_done       {"call_id", "wav"}
     agent_ringing   {"call_id", "status"}
     agent_answered  {"call_id", "mode"}                         the agent has the caller

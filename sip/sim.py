@@ -42,6 +42,7 @@ audio louder than silence: proof that audio flowed).
 from __future__ import annotations
 
 import contextlib
+import gc
 import heapq
 import itertools
 import json
@@ -62,6 +63,7 @@ from sip.audio import is_voiced
 from sip.endpoint import (
     MAX_CALLS,
     add_transports,
+    collect_like_python,
     create_endpoint,
     destroy_endpoint,
     media_transport,
@@ -236,6 +238,7 @@ class SimFarm:
         self._stopping = False
 
     def start(self, timeout: float = 15.0) -> None:
+        gc.disable()  # pjsua2 destructors must run on the SIP thread (see sip.engine)
         self._thread.start()
         if not self._ready.wait(timeout):
             raise RuntimeError("simulator did not start in time")
@@ -299,6 +302,7 @@ class SimFarm:
 
     def _turn(self) -> None:
         self._retired.clear()
+        collect_like_python()
         with contextlib.suppress(queue.Empty):
             while True:
                 if self._inbox.get_nowait() == "stop":

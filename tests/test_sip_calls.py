@@ -20,7 +20,7 @@ async def test_answered_call_timestamps_agree_with_the_wire(tmp_path: Path) -> N
     with sipps(Sipp("uas_answer", tmp_path, calls=3, sets={"ring_ms": 300, "talk_ms": 800})) as (
         uas,
     ):
-        async with pool_of(trunk("main", uas.uri), lines=1) as pool:
+        async with pool_of(trunk("main", uas.uri), lines=1, measure_audio=True) as pool:
             for n in range(3):
                 await pool.dial(f"c{n}", f"+1555000{n}", "main", ring_timeout=10)
             runs = [await events_until(pool, f"c{n}", FINAL) for n in range(3)]
