@@ -31,6 +31,8 @@ from sip.protocol import TrunkConfig  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SIPP_PORT = 5599
+LOGS = Path("/tmp/dialer-bench")
+LOGS.mkdir(exist_ok=True)
 
 
 @dataclass
@@ -90,7 +92,7 @@ def baseline(lines: int, hold: float, duration: float) -> Phase:
             subprocess.Popen(
                 [sys.executable, script, *args, str(start_at)],
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=open(LOGS / f"bare-{i}.err", "w"),  # noqa: SIM115
                 text=True,
             )
         )
@@ -108,7 +110,11 @@ def baseline(lines: int, hold: float, duration: float) -> Phase:
     for proc in procs:
         out, _ = proc.communicate(timeout=60)
         if proc.returncode != 0 or not out.strip():
-            raise SystemExit(f"baseline process failed with exit code {proc.returncode}")
+            for other in procs:
+                other.kill()
+            log = LOGS / f"bare-{procs.index(proc)}.err"
+            tail = [ln for ln in log.read_text().splitlines() if not ln[:2].isdigit()][-3:]
+            raise SystemExit(f"baseline process failed ({proc.returncode}): {tail}")
         data = json.loads(out)
         completed += data["completed"]
         latencies += data["latencies"]
@@ -152,7 +158,8 @@ class Driver:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.waiters[call_id] = (names, future)
         try:
-            return await asyncio.wait_for(future, within)
+            async with asyncio.timeout(within):
+                return await future
         finally:
             self.waiters.pop(call_id, None)
 

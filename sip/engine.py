@@ -543,20 +543,19 @@ class SipEngine:
         record = call.record
         if record is None or record.finished:
             return
-        ci = call.getInfo()
-        for mi in ci.media:
-            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
-                audio = call.getAudioMedia(mi.index)
-                if call.role == "agent":
-                    record.agent_audio = audio
-                    if record.agent_answered:
-                        self._bridge(record)
-                else:
-                    record.audio = audio
-                    self._attach_tap(record)
-                    if record.pending_wav and record.answered:
-                        self._play(record, record.pending_wav)
-                return
+        try:
+            audio = call.getAudioMedia(-1)  # the first active audio (cheaper than getInfo)
+        except pj.Error:
+            return  # no active audio (yet, or on hold)
+        if call.role == "agent":
+            record.agent_audio = audio
+            if record.agent_answered:
+                self._bridge(record)
+        else:
+            record.audio = audio
+            self._attach_tap(record)
+            if record.pending_wav and record.answered:
+                self._play(record, record.pending_wav)
 
     def _attach_tap(self, record: _Record) -> None:
         # A Python tap costs ~0.7% of a core per call (a callback every 20 ms): only when

@@ -263,7 +263,8 @@ class LinePool:
             line.calls.add(call_id)
             try:
                 self._send(line, command)
-                reply = await asyncio.wait_for(asyncio.shield(future), ACK_TIMEOUT)
+                async with asyncio.timeout(ACK_TIMEOUT):
+                    reply = await future
             except TimeoutError:
                 reply = {"event": "refused", "reason": f"{line.name} did not answer", "retry": True}
             finally:
