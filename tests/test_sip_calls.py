@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,7 @@ async def test_digest_credentials_and_registration(tmp_path: Path) -> None:
         authed = trunk("carrier", carrier.uri, **credentials)
         async with pool_of(registering, authed) as pool:
             registration = (await events_until(pool, None, {"registration"}))[-1]
+            refreshed = (await events_until(pool, None, {"registration"}, 15))[-1]
             await pool.dial("c1", "+15550001", "carrier")
             await events_until(pool, "c1", {"answered"})
             await pool.hangup("c1")
@@ -140,6 +142,9 @@ async def test_digest_credentials_and_registration(tmp_path: Path) -> None:
         assert carrier.wait(10) == 0, carrier.error_text()
     assert registration["event"] == "registration" and registration["ok"] is True
     assert registration["trunk"] == "reg" and registration["status"] == 200
+    assert registration["expires"] == 8  # what the registrar granted, not what we asked
+    assert refreshed["ok"] is True and refreshed["at"] - registration["at"] < 8  # in time
+    assert len(registrar.received("REGISTER")) >= 3  # challenged, accepted, refreshed
 
 
 async def test_dial_refusals_are_clean(tmp_path: Path) -> None:
@@ -220,3 +225,38 @@ async def test_closing_the_pool_hangs_up_every_call_and_leaves_no_process(tmp_pa
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_outbound_proxy_receives_the_invite(tmp_path: Path) -> None:
+    with sipps(Sipp("uas_answer", tmp_path, sets={"ring_ms": 0, "talk_ms": 200})) as (proxy,):
+        via_proxy = trunk("carrier", "sip:10.255.255.1:5060", outbound_proxy=f"{proxy.uri};lr")
+        async with pool_of(via_proxy) as pool:
+            await pool.dial("c1", "+15550001", "carrier")
+            events = await events_until(pool, "c1", FINAL)
+        assert proxy.wait(10) == 0, proxy.error_text()
+    assert events[-1]["event"] == "hangup"
+    invite = proxy.received("INVITE")[0]
+    assert invite.first_line.startswith("INVITE sip:+15550001@10.255.255.1:5060")
+    assert f"127.0.0.1:{proxy.port}" in (invite.header("Route") or "")
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "line.crt", tmp_path / "line.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_tls_transport_when_a_certificate_is_configured(
+    certificate: tuple[Path, Path],
+) -> None:
+    cert, key = certificate
+    async with pool_of(tls_cert_file=str(cert), tls_key_file=str(key)) as pool:
+        ready = pool._lines[0].ready
+        assert ready is not None
+        info = ready.result()
+    assert info["transports"] == ["udp", "tcp", "tls"] and info["tls_port"] > 0
