@@ -92,7 +92,7 @@ NY = ZoneInfo("America/New_York")
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc, arg-type]
 
 
 def test_window_in_the_contacts_local_time() -> None:
