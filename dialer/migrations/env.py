@@ -6,6 +6,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import billing.models  # noqa: F401  (registers the ledger tables)
+import dialer.models  # noqa: F401  (and the dialer tables)
 
 target_metadata = SQLModel.metadata
 

@@ -1,0 +1,114 @@
+"""Dialer tables: trunks, campaigns, contacts, call records (CDR), do-not-call list.
+
+Accounts live in the billing ledger; these tables name them (``account``), and the
+dialer asks billing about them, never its tables. Times are naive UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Float, ForeignKey, Index, String, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Trunk(SQLModel, table=True):
+    __tablename__ = "dialer_trunk"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    account: str = Field(sa_column=Column(String(64), nullable=False, index=True))
+    kind: str = Field(sa_column=Column(String(16), nullable=False))  # platform | customer
+    uri: str = Field(sa_column=Column(String(255), nullable=False))
+    outbound_proxy: str | None = Field(default=None, sa_column=Column(String(255)))
+    username: str | None = Field(default=None, sa_column=Column(String(128)))
+    password: str | None = Field(default=None, sa_column=Column(String(255)))
+    registers: bool = False
+    channels: int = 30
+    cps: float = Field(default=10.0, sa_column=Column(Float, nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))
+
+
+class Campaign(SQLModel, table=True):
+    __tablename__ = "dialer_campaign"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    account: str = Field(sa_column=Column(String(64), nullable=False, index=True))
+    trunk_id: int = Field(sa_column=Column(ForeignKey("dialer_trunk.id"), nullable=False))
+    script: str | None = Field(default=None, sa_column=Column(String(500)))
+    caller_id: str | None = Field(default=None, sa_column=Column(String(32)))
+    window: str = Field(default="00:00-24:00", sa_column=Column(String(16), nullable=False))
+    days: str = Field(default="mon,tue,wed,thu,fri,sat,sun", sa_column=Column(String(32)))
+    timezone: str = Field(default="UTC", sa_column=Column(String(64), nullable=False))
+    max_concurrent: int = 4
+    cps: float = Field(default=1.0, sa_column=Column(Float, nullable=False))
+    retry: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    agent_uri: str | None = Field(default=None, sa_column=Column(String(255)))
+    max_call_seconds: int = 600
+    state: str = Field(default="draft", sa_column=Column(String(16), nullable=False))
+    pause_reason: str | None = Field(default=None, sa_column=Column(String(16)))
+    created_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))
+
+
+class Contact(SQLModel, table=True):
+    __tablename__ = "dialer_contact"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "phone", name="uq_dialer_contact_phone"),
+        Index("ix_dialer_contact_due", "campaign_id", "state", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = Field(sa_column=Column(ForeignKey("dialer_campaign.id"), nullable=False))
+    phone: str = Field(sa_column=Column(String(32), nullable=False))
+    timezone: str = Field(sa_column=Column(String(64), nullable=False))
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    state: str = Field(default="pending", sa_column=Column(String(16), nullable=False))
+    attempts: int = 0
+    next_attempt_at: datetime | None = Field(default=None, sa_column=Column(DateTime()))
+    lease_owner: str | None = Field(default=None, sa_column=Column(String(64)))
+    lease_until: datetime | None = Field(default=None, sa_column=Column(DateTime()))
+    last_disposition: str | None = Field(default=None, sa_column=Column(String(32)))
+
+
+class CallRecord(SQLModel, table=True):
+    """One call attempt (CDR); the columns of INTERFACE.md plus the transfer segments."""
+
+    __tablename__ = "dialer_call"
+    __table_args__ = (Index("ix_dialer_call_campaign", "campaign_id", "invite_at"),)
+
+    call_id: str = Field(sa_column=Column(String(64), primary_key=True))
+    campaign_id: int | None = Field(
+        default=None, sa_column=Column(ForeignKey("dialer_campaign.id"))
+    )
+    account: str = Field(sa_column=Column(String(64), nullable=False))
+    contact_id: int | None = Field(default=None, sa_column=Column(ForeignKey("dialer_contact.id")))
+    phone: str = Field(sa_column=Column(String(64), nullable=False))
+    attempt: int = 1
+    direction: str = Field(default="outbound", sa_column=Column(String(16), nullable=False))
+    trunk_kind: str = Field(default="platform", sa_column=Column(String(16), nullable=False))
+    line: str | None = Field(default=None, sa_column=Column(String(32)))
+    invite_at: datetime | None = Field(default=None, sa_column=Column(DateTime()))
+    ringing_at: datetime | None = Field(default=None, sa_column=Column(DateTime()))
+    answered_at: datetime | None = Field(default=None, sa_column=Column(DateTime()))
+    ended_at: datetime | None = Field(default=None, sa_column=Column(DateTime()))
+    sip_status: int | None = None
+    disposition: str | None = Field(default=None, sa_column=Column(String(32)))
+    hangup_by: str | None = Field(default=None, sa_column=Column(String(16)))
+    amd_reason: str | None = Field(default=None, sa_column=Column(String(255)))
+    agent_seconds: float = 0.0
+    billed_telephony_seconds: int = 0
+    billed_speech_seconds: int = 0
+    segments: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+
+
+class DncEntry(SQLModel, table=True):
+    __tablename__ = "dialer_dnc"
+    __table_args__ = (UniqueConstraint("account", "phone", name="uq_dialer_dnc"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    account: str = Field(sa_column=Column(String(64), nullable=False))
+    phone: str = Field(sa_column=Column(String(32), nullable=False))
+    added_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))
