@@ -370,6 +370,8 @@ def _split_config(argv: list[str]) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import dialer.cli_campaigns  # noqa: F401  (registers its commands on `app`)
+
     args = list(sys.argv[1:] if argv is None else argv)
     configure_logging()  # until the configuration is read: stderr, never stdout
     try:

@@ -1,0 +1,320 @@
+"""CLI: trunks, campaigns, call records, do-not-call lists, the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+from sqlalchemy import Connection, select
+
+from dialer import store
+from dialer.campaign_state import Action
+from dialer.campaigns import (
+    CampaignSpec,
+    ImportReport,
+    add_trunk,
+    campaign_status,
+    change_state,
+    create_campaign,
+    import_contacts,
+    import_dnc,
+)
+from dialer.cli import JsonOpt, app, emit_json, run, settings, stdout
+
+trunk_app = typer.Typer(help="SIP trunks.", no_args_is_help=True)
+campaign_app = typer.Typer(help="Campaigns.", no_args_is_help=True)
+cdr_app = typer.Typer(help="Call records.", no_args_is_help=True)
+dnc_app = typer.Typer(help="Do-not-call lists.", no_args_is_help=True)
+app.add_typer(trunk_app, name="trunk")
+app.add_typer(campaign_app, name="campaign")
+app.add_typer(cdr_app, name="cdr")
+app.add_typer(dnc_app, name="dnc")
+stderr = Console(stderr=True)
+
+CDR_COLUMNS = (
+    "call_id", "campaign", "account", "phone", "attempt", "direction", "invite_at",
+    "ringing_at", "answered_at", "ended_at", "sip_status", "disposition", "hangup_by",
+    "amd_reason", "agent_seconds", "billed_telephony_seconds", "billed_speech_seconds",
+)  # fmt: skip
+
+
+@trunk_app.command("add")
+def trunk_add(
+    name: str,
+    account: Annotated[str, typer.Option("--account")],
+    kind: Annotated[str, typer.Option("--kind", help="platform | customer")],
+    uri: Annotated[str, typer.Option("--uri", help="sip:host[:port][;transport=tcp]")],
+    username: Annotated[str | None, typer.Option("--username")] = None,
+    password: Annotated[str | None, typer.Option("--password")] = None,
+    register: Annotated[bool, typer.Option("--register")] = False,
+    channels: Annotated[int, typer.Option("--channels")] = 30,
+    cps: Annotated[float, typer.Option("--cps")] = 10.0,
+    proxy: Annotated[str | None, typer.Option("--outbound-proxy")] = None,
+) -> None:
+    """Add a SIP trunk (the platform's own, or a customer's own)."""
+    run(lambda ledger: add_trunk(
+        ledger.database, name=name, account=account, kind=kind, uri=uri, username=username,
+        password=password, register=register, channels=channels, cps=cps, outbound_proxy=proxy,
+    ))  # fmt: skip
+    stdout.print(f"trunk {name} added ({kind}, {uri})")
+
+
+@trunk_app.command("list")
+def trunk_list(as_json: JsonOpt = False) -> None:
+    """List trunks (passwords are never shown)."""
+
+    async def rows(ledger: Any) -> list[dict[str, Any]]:
+        def read(conn: Connection) -> list[dict[str, Any]]:
+            result = conn.execute(select(store.TRUNK).order_by(store.TRUNK.c.name))
+            return [
+                {"name": r.name, "account": r.account, "kind": r.kind, "uri": r.uri,
+                 "register": r.registers, "channels": r.channels, "cps": r.cps}
+                for r in result
+            ]  # fmt: skip
+
+        found: list[dict[str, Any]] = await ledger.database.run(read, write=False)
+        return found
+
+    trunks = run(rows)
+    if as_json:
+        emit_json({"trunks": trunks})
+        return
+    table = Table("trunk", "account", "kind", "uri", "channels", "cps")
+    for t in trunks:
+        table.add_row(
+            t["name"], t["account"], t["kind"], t["uri"], str(t["channels"]), str(t["cps"])
+        )
+    stdout.print(table)
+
+
+@campaign_app.command("create")
+def campaign_create(
+    name: str,
+    account: Annotated[str, typer.Option("--account")],
+    trunk: Annotated[str, typer.Option("--trunk")],
+    script: Annotated[str | None, typer.Option("--script")] = None,
+    caller_id: Annotated[str | None, typer.Option("--caller-id")] = None,
+    max_concurrent: Annotated[int, typer.Option("--max-concurrent")] = 4,
+    cps: Annotated[float, typer.Option("--cps")] = 1.0,
+    window: Annotated[str, typer.Option("--window", help="HH:MM-HH:MM")] = "00:00-24:00",
+    days: Annotated[str, typer.Option("--days", help="e.g. mon-fri")] = "all",
+    timezone: Annotated[str, typer.Option("--timezone")] = "UTC",
+    retries: Annotated[int, typer.Option("--retries")] = 2,
+    retry_delay: Annotated[int, typer.Option("--retry-delay", help="seconds")] = 300,
+    agent_uri: Annotated[str | None, typer.Option("--agent-uri")] = None,
+    max_call_seconds: Annotated[int, typer.Option("--max-call-seconds")] = 600,
+) -> None:
+    """Create a campaign (state: draft)."""
+    spec = CampaignSpec(
+        name=name, account=account, trunk=trunk, script=script, caller_id=caller_id,
+        max_concurrent=max_concurrent, cps=cps, window=window, days=days, timezone=timezone,
+        retries=retries, retry_delay=retry_delay, agent_uri=agent_uri,
+        max_call_seconds=max_call_seconds,
+    )  # fmt: skip
+    run(lambda ledger: create_campaign(ledger.database, spec))
+    stdout.print(f"campaign {name} created (draft)")
+
+
+def _print_report(report: ImportReport, what: str, as_json: bool) -> None:
+    if as_json:
+        emit_json({"imported": report.imported, "already_there": report.already_there,
+                   "problems": report.problems})  # fmt: skip
+    else:
+        stdout.print(f"{report.imported} {what} imported, {report.already_there} already there")
+    for problem in report.problems:
+        stderr.print(f"skipped {problem}", highlight=False)
+
+
+@campaign_app.command("import")
+def campaign_import(campaign: str, file: Path, as_json: JsonOpt = False) -> None:
+    """Import contacts from a CSV (header row; column `phone` required, `timezone` optional)."""
+    report = run(lambda ledger: import_contacts(ledger.database, campaign, file))
+    _print_report(report, "contacts", as_json)
+
+
+def _state_command(action: Action) -> Any:
+    def command(campaign: str, as_json: JsonOpt = False) -> None:
+        status = run(lambda ledger: change_state(ledger.database, ledger.tariff, campaign, action))
+        if as_json:
+            emit_json({"campaign": campaign, "state": status.state.value,
+                       "pause_reason": status.pause_reason})  # fmt: skip
+        else:
+            reason = f" ({status.pause_reason.value})" if status.pause_reason else ""
+            stdout.print(f"campaign {campaign}: {status.state.value}{reason}")
+
+    command.__doc__ = f"{action.value.capitalize()} a campaign."
+    return command
+
+
+for _action in (Action.START, Action.PAUSE, Action.RESUME, Action.STOP):
+    campaign_app.command(_action.value)(_state_command(_action))
+
+
+@campaign_app.command("status")
+def campaign_status_cmd(
+    campaign: str,
+    as_json: JsonOpt = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Live view until it ends (Ctrl-C).")
+    ] = False,
+) -> None:
+    """Campaign state, contacts, calls and billed time."""
+    if watch:
+        _watch(campaign)
+        return
+    status = run(lambda ledger: campaign_status(ledger.database, campaign))
+    if as_json:
+        emit_json(status)
+    else:
+        stdout.print(status_table(status))
+
+
+def status_table(status: dict[str, Any]) -> Table:
+    reason = f" ({status['pause_reason']})" if status["pause_reason"] else ""
+    table = Table(title=f"{status['campaign']} [{status['state']}{reason}]", show_header=False)
+    contacts, calls, billed = status["contacts"], status["calls"], status["billed_seconds"]
+    table.add_row("contacts", " ".join(f"{k} {v}" for k, v in contacts.items()))
+    table.add_row("calls", " ".join(f"{k} {v}" for k, v in calls.items()))
+    table.add_row("billed", f"telephony {billed['telephony']} s, speech {billed['speech']} s")
+    return table
+
+
+def _watch(campaign: str) -> None:
+    cfg = settings()
+
+    async def loop() -> None:
+        from dialer.cli import open_ledger
+
+        async with open_ledger(cfg) as ledger:
+            progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                TextColumn("{task.completed}/{task.total}"))  # fmt: skip
+            task = progress.add_task("contacts done", total=1)
+            with Live(console=stdout, refresh_per_second=4) as live:
+                while True:
+                    status = await campaign_status(ledger.database, campaign)
+                    progress.update(task, total=max(1, status["contacts"]["total"]),
+                                    completed=status["contacts"]["done"])  # fmt: skip
+                    grid = Table.grid()
+                    grid.add_row(status_table(status))
+                    grid.add_row(progress)
+                    live.update(grid)
+                    if status["state"] in ("completed", "stopped"):
+                        return
+                    await asyncio.sleep(0.5)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(loop())
+
+
+@campaign_app.command("list")
+def campaign_list(as_json: JsonOpt = False) -> None:
+    """List campaigns."""
+
+    async def rows(ledger: Any) -> list[dict[str, Any]]:
+        def read(conn: Connection) -> list[dict[str, Any]]:
+            result = conn.execute(select(store.CAMPAIGN).order_by(store.CAMPAIGN.c.name))
+            return [{"campaign": r.name, "account": r.account, "state": r.state,
+                     "pause_reason": r.pause_reason} for r in result]  # fmt: skip
+
+        found: list[dict[str, Any]] = await ledger.database.run(read, write=False)
+        return found
+
+    campaigns = run(rows)
+    if as_json:
+        emit_json({"campaigns": campaigns})
+        return
+    table = Table("campaign", "account", "state")
+    for c in campaigns:
+        reason = f" ({c['pause_reason']})" if c["pause_reason"] else ""
+        table.add_row(c["campaign"], c["account"], c["state"] + reason)
+    stdout.print(table)
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="milliseconds") + "Z"
+    return "" if value is None else str(value)
+
+
+def cdr_rows(ledger: Any, campaign: str) -> Any:
+    def read(conn: Connection) -> list[dict[str, Any]]:
+        row = store.campaign_by_name(conn, campaign)
+        return [
+            {col: getattr(r, col) for col in CDR_COLUMNS} | {"segments": r.segments}
+            for r in store.calls_of(conn, row.id)
+        ]
+
+    return ledger.database.run(read, write=False)
+
+
+@cdr_app.command("export")
+def cdr_export(
+    campaign: str,
+    fmt: Annotated[str, typer.Option("--format", help="csv | json")] = "csv",
+    output: Annotated[Path | None, typer.Option("--output")] = None,
+) -> None:
+    """Export a campaign's call records (times ISO 8601 UTC)."""
+    if fmt not in ("csv", "json"):
+        raise typer.BadParameter(f"--format must be csv or json, not {fmt!r}")
+    rows = run(lambda ledger: cdr_rows(ledger, campaign))
+    if fmt == "json":
+        text = json.dumps([{k: _iso(v) if k.endswith("_at") else v for k, v in r.items()}
+                           for r in rows]) + "\n"  # fmt: skip
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(CDR_COLUMNS)
+        for r in rows:
+            writer.writerow([_iso(r[c]) for c in CDR_COLUMNS])
+        text = buffer.getvalue()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        tmp = output.with_name(output.name + ".part")
+        tmp.write_text(text)
+        tmp.replace(output)  # never a half-written file
+
+
+@dnc_app.command("import")
+def dnc_import(account: str, file: Path, as_json: JsonOpt = False) -> None:
+    """Add numbers (CSV, column `phone`) to an account's do-not-call list."""
+    report = run(lambda ledger: import_dnc(ledger.database, account, file))
+    _print_report(report, "numbers", as_json)
+
+
+@app.command("worker")
+def worker(
+    lines: Annotated[int | None, typer.Option("--lines")] = None,
+    sip_port: Annotated[int | None, typer.Option("--sip-port")] = None,
+    drain: Annotated[float, typer.Option("--drain-seconds")] = 30.0,
+) -> None:
+    """Run campaigns (long-running). SIGTERM: no new calls; calls up finish, up to
+    --drain-seconds, then are hung up and settled."""
+    from dialer.runtime import run_worker
+
+    cfg = settings()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await run_worker(cfg, stop, lines=lines, sip_port=sip_port, drain_seconds=drain)
+
+    started = time.monotonic()
+    asyncio.run(main())
+    stdout.print(f"worker stopped after {time.monotonic() - started:.0f} s")

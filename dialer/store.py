@@ -1,0 +1,298 @@
+"""The dialer's SQL: trunks, campaigns, contacts with leases, call records, DNC.
+
+Transaction steps are plain functions of a Connection (run by billing.storage.Database,
+like the ledger's). The contact claim and the balance gate share one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from billing.ledger import account_id, gate
+from billing.tariff import Tariff, TrunkKind
+from dialer.campaign_state import Status
+from dialer.errors import DialerError
+from dialer.models import CallRecord, Campaign, Contact, DncEntry, Trunk
+
+TRUNK = Trunk.__table__  # type: ignore[attr-defined]
+CAMPAIGN = Campaign.__table__  # type: ignore[attr-defined]
+CONTACT = Contact.__table__  # type: ignore[attr-defined]
+CALL = CallRecord.__table__  # type: ignore[attr-defined]
+DNC = DncEntry.__table__  # type: ignore[attr-defined]
+
+PENDING, IN_PROGRESS, DONE = "pending", "in_progress", "done"
+
+
+class UnknownName(DialerError):
+    pass
+
+
+def trunk_by_name(conn: Connection, name: str) -> Any:
+    row = conn.execute(select(TRUNK).where(TRUNK.c.name == name)).first()
+    if row is None:
+        raise UnknownName(f"unknown trunk {name!r}")
+    return row
+
+
+def trunk_by_id(conn: Connection, trunk_id: int) -> Any:
+    return conn.execute(select(TRUNK).where(TRUNK.c.id == trunk_id)).one()
+
+
+def campaign_by_name(conn: Connection, name: str) -> Any:
+    row = conn.execute(select(CAMPAIGN).where(CAMPAIGN.c.name == name)).first()
+    if row is None:
+        raise UnknownName(f"unknown campaign {name!r}")
+    return row
+
+
+def insert_row(conn: Connection, table: Any, values: dict[str, Any], what: str) -> int:
+    try:
+        with conn.begin_nested():
+            return int(
+                conn.execute(insert(table).values(values).returning(table.c[0])).scalar_one()
+            )
+    except IntegrityError:
+        raise DialerError(f"{what} already exists") from None
+
+
+def set_status(conn: Connection, campaign_id: int, status: Status, now: datetime) -> None:
+    conn.execute(
+        update(CAMPAIGN)
+        .where(CAMPAIGN.c.id == campaign_id)
+        .values(
+            state=status.state.value,
+            pause_reason=status.pause_reason.value if status.pause_reason else None,
+            updated_at=now,
+        )
+    )
+
+
+def running_campaigns(conn: Connection) -> Sequence[Any]:
+    return conn.execute(
+        select(CAMPAIGN, TRUNK.c.kind.label("trunk_kind"), TRUNK.c.name.label("trunk_name"))
+        .join(TRUNK, TRUNK.c.id == CAMPAIGN.c.trunk_id)
+        .where(CAMPAIGN.c.state == "running")
+        .order_by(CAMPAIGN.c.id)
+    ).all()
+
+
+def campaigns_of_account(conn: Connection, account: str) -> Sequence[Any]:
+    return conn.execute(select(CAMPAIGN).where(CAMPAIGN.c.account == account)).all()
+
+
+# -- contacts -----------------------------------------------------------------------------
+
+
+def insert_contacts(conn: Connection, campaign_id: int, rows: list[dict[str, Any]]) -> int:
+    """Insert new contacts; numbers already in the campaign are skipped. Returns inserted."""
+    existing = set(
+        conn.execute(select(CONTACT.c.phone).where(CONTACT.c.campaign_id == campaign_id)).scalars()
+    )
+    fresh = [r | {"campaign_id": campaign_id} for r in rows if r["phone"] not in existing]
+    if fresh:
+        conn.execute(insert(CONTACT), fresh)
+    return len(fresh)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    contact_id: int
+    phone: str
+    timezone: str
+    attempt: int
+    attributes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    contacts: list[Claimed]
+    gate_open: bool
+    gate_reason: str = ""
+
+
+def claim_contacts(
+    conn: Connection,
+    campaign: Any,
+    trunk_kind: TrunkKind,
+    tariff: Tariff,
+    worker: str,
+    now: datetime,
+    limit: int,
+    lease_seconds: int,
+    is_open: Any,
+    next_open: Any,
+) -> ClaimResult:
+    """Claim up to ``limit`` due contacts, in one transaction with the balance gate.
+
+    The gate is read first: when it says no, nothing is claimed (and the caller pauses
+    the account's campaigns), so no INVITE can leave after the exhausting debit commits.
+    Contacts outside their calling window get ``next_attempt_at`` moved to the window's
+    next opening; DNC numbers are finished as rejected without a call.
+    """
+    decision = gate(conn, account_id(conn, campaign.account), trunk_kind, tariff)
+    if not decision.allowed:
+        return ClaimResult([], False, decision.reason())
+    due = (
+        select(CONTACT)
+        .where(
+            CONTACT.c.campaign_id == campaign.id,
+            or_(
+                CONTACT.c.state == PENDING,
+                and_(CONTACT.c.state == IN_PROGRESS, CONTACT.c.lease_until < now),
+            ),
+            or_(CONTACT.c.next_attempt_at.is_(None), CONTACT.c.next_attempt_at <= now),
+        )
+        .order_by(CONTACT.c.next_attempt_at.is_not(None), CONTACT.c.next_attempt_at, CONTACT.c.id)
+        .limit(limit * 4 + 10)
+    )
+    if conn.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    rows = conn.execute(due).all()
+    blocked = set(
+        conn.execute(
+            select(DNC.c.phone).where(
+                DNC.c.account == campaign.account, DNC.c.phone.in_([r.phone for r in rows])
+            )
+        ).scalars()
+    )
+    claimed: list[Claimed] = []
+    for row in rows:
+        if row.phone in blocked:
+            conn.execute(
+                update(CONTACT)
+                .where(CONTACT.c.id == row.id)
+                .values(state=DONE, last_disposition="dnc", lease_owner=None, lease_until=None)
+            )
+            continue
+        if not is_open(row.timezone):
+            conn.execute(
+                update(CONTACT)
+                .where(CONTACT.c.id == row.id)
+                .values(next_attempt_at=next_open(row.timezone), state=PENDING, lease_owner=None)
+            )
+            continue
+        if len(claimed) >= limit:
+            break
+        conn.execute(
+            update(CONTACT)
+            .where(CONTACT.c.id == row.id)
+            .values(
+                state=IN_PROGRESS,
+                attempts=row.attempts + 1,
+                lease_owner=worker,
+                lease_until=now + timedelta(seconds=lease_seconds),
+            )
+        )
+        claimed.append(
+            Claimed(row.id, row.phone, row.timezone, row.attempts + 1, dict(row.attributes or {}))
+        )
+    return ClaimResult(claimed, True)
+
+
+def release_contact(
+    conn: Connection, contact_id: int, disposition: str, next_attempt: datetime | None
+) -> None:
+    values: dict[str, Any] = {
+        "last_disposition": disposition,
+        "lease_owner": None,
+        "lease_until": None,
+    }
+    if next_attempt is None:
+        values["state"] = DONE
+    else:
+        values |= {"state": PENDING, "next_attempt_at": next_attempt}
+    conn.execute(update(CONTACT).where(CONTACT.c.id == contact_id).values(values))
+
+
+def extend_leases(conn: Connection, contact_ids: list[int], until: datetime) -> None:
+    if contact_ids:
+        conn.execute(update(CONTACT).where(CONTACT.c.id.in_(contact_ids)).values(lease_until=until))
+
+
+def contact_counts(conn: Connection, campaign_id: int) -> dict[str, int]:
+    rows = conn.execute(
+        select(CONTACT.c.state, func.count())
+        .where(CONTACT.c.campaign_id == campaign_id)
+        .group_by(CONTACT.c.state)
+    )
+    counts = {PENDING: 0, IN_PROGRESS: 0, DONE: 0} | {state: int(n) for state, n in rows}
+    counts["total"] = sum(counts[s] for s in (PENDING, IN_PROGRESS, DONE))
+    return counts
+
+
+def unfinished(conn: Connection, campaign_id: int) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).where(
+                CONTACT.c.campaign_id == campaign_id, CONTACT.c.state != DONE
+            )
+        ).scalar_one()
+    )
+
+
+# -- call records -------------------------------------------------------------------------
+
+
+def write_call(conn: Connection, values: dict[str, Any]) -> None:
+    """Insert or update the CDR of a call (the call id is its key)."""
+    exists = conn.execute(select(CALL.c.call_id).where(CALL.c.call_id == values["call_id"])).first()
+    if exists:
+        conn.execute(update(CALL).where(CALL.c.call_id == values["call_id"]).values(values))
+    else:
+        conn.execute(insert(CALL).values(values))
+
+
+def call_counts(conn: Connection, campaign_id: int) -> dict[str, int]:
+    rows = conn.execute(
+        select(CALL.c.disposition, func.count())
+        .where(CALL.c.campaign_id == campaign_id)
+        .group_by(CALL.c.disposition)
+    )
+    by = {d or "in_progress": int(n) for d, n in rows}
+    return {
+        "placed": sum(by.values()),
+        "answered": by.get("answered", 0),
+        "answering_machine": by.get("answering_machine", 0),
+        "busy": by.get("busy", 0),
+        "no_answer": by.get("no_answer", 0),
+        "failed": sum(by.get(k, 0) for k in ("failed", "rejected", "interrupted", "cancelled")),
+    }
+
+
+def billed_totals(conn: Connection, campaign_id: int) -> dict[str, int]:
+    row = conn.execute(
+        select(
+            func.coalesce(func.sum(CALL.c.billed_telephony_seconds), 0),
+            func.coalesce(func.sum(CALL.c.billed_speech_seconds), 0),
+        ).where(CALL.c.campaign_id == campaign_id)
+    ).one()
+    return {"telephony": int(row[0]), "speech": int(row[1])}
+
+
+def calls_of(conn: Connection, campaign_id: int) -> Sequence[Any]:
+    return conn.execute(
+        select(CALL, CAMPAIGN.c.name.label("campaign"))
+        .join(CAMPAIGN, CAMPAIGN.c.id == CALL.c.campaign_id)
+        .where(CALL.c.campaign_id == campaign_id)
+        .order_by(CALL.c.invite_at, CALL.c.call_id)
+    ).all()
+
+
+def add_dnc(conn: Connection, account: str, phones: list[str], now: datetime) -> int:
+    existing = set(
+        conn.execute(
+            select(DNC.c.phone).where(DNC.c.account == account, DNC.c.phone.in_(phones))
+        ).scalars()
+    )
+    fresh = [p for p in dict.fromkeys(phones) if p not in existing]
+    if fresh:
+        conn.execute(
+            insert(DNC), [{"account": account, "phone": p, "added_at": now} for p in fresh]
+        )
+    return len(fresh)

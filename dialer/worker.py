@@ -1,0 +1,433 @@
+"""The campaign worker: claims contacts, dials through the line pool, bills in real time.
+
+The life of one call (ARCHITECTURE.md): a running campaign, an open calling window in
+the contact's time zone, a pacing token and a free slot -> the claim, in one transaction
+with the balance gate -> dial -> on `answered` the call meter starts and the first
+increment is debited, then one at each increment boundary -> agent segments follow the
+tariff -> at hangup the meter closes, the last debits are taken, the CDR is written and
+the contact is released (done, or retried per disposition).
+
+A debit that leaves a charged counter <= 0 pauses every campaign of the account; calls
+that are up continue to their natural end and keep being billed. The gate in the claim
+transaction makes sure no INVITE leaves for the account afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import struct
+import time
+import uuid
+import wave
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection
+
+from billing.ledger import BalanceSignal, Ledger, SignalKind
+from billing.meter import CallMeter, Debit
+from billing.period import utcnow
+from billing.storage import Database
+from billing.tariff import Counter, TrunkKind
+from dialer import store
+from dialer.campaign_state import Action, CampaignState, transition
+from dialer.campaigns import pause_for_balance, status_of
+from dialer.pacing import TokenBucket
+from dialer.retry import Disposition, RetryPolicy
+from dialer.windows import CallingWindow, parse_zone
+from sip.pool import LinePool, PoolError
+
+log = structlog.get_logger("dialer.worker")
+
+REFRESH_SECONDS = 0.5
+LOOP_SECONDS = 0.05
+LEASE_SECONDS = 900
+
+
+def disposition_of_failure(event: dict[str, Any]) -> Disposition:
+    """An unanswered call's disposition from the SIP facts the line reported."""
+    status = int(event.get("status") or 0)
+    if event.get("timeout"):
+        return Disposition.NO_ANSWER
+    if event.get("by") == "local":
+        return Disposition.CANCELLED
+    if status in (486, 600):
+        return Disposition.BUSY
+    if status == 603:
+        return Disposition.REJECTED
+    if status in (408, 480, 487):
+        return Disposition.NO_ANSWER
+    return Disposition.FAILED
+
+
+def wall(at: float | None) -> datetime | None:
+    return None if at is None else datetime.fromtimestamp(at, UTC).replace(tzinfo=None)
+
+
+def greeting_wav(folder: Path) -> Path:
+    """The default script's short greeting: a two-tone chime (no speech engine needed)."""
+    path = folder / "greeting.wav"
+    if path.exists():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    rate = 16000
+    frames = bytearray()
+    for freq, seconds in ((660.0, 0.35), (880.0, 0.5)):
+        for n in range(int(rate * seconds)):
+            fade = min(1.0, n / 400, (rate * seconds - n) / 400)
+            frames += struct.pack("<h", int(9000 * fade * math.sin(2 * math.pi * freq * n / rate)))
+    tmp = path.with_suffix(".tmp")
+    with wave.open(str(tmp), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(bytes(frames))
+    tmp.replace(path)
+    return path
+
+
+@dataclass
+class CampaignView:
+    """What the dialing loop needs of a running campaign, refreshed from the database."""
+
+    row: Any
+    trunk_kind: TrunkKind
+    trunk_name: str
+    window: CallingWindow
+    retry: RetryPolicy
+    bucket: TokenBucket
+
+
+@dataclass
+class Session:
+    """One call this worker placed."""
+
+    call_id: str
+    campaign: Any
+    contact: store.Claimed
+    trunk_kind: TrunkKind
+    meter: CallMeter
+    invite_at: float
+    events: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    cdr: dict[str, Any] = field(default_factory=dict)
+    line: str | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class Worker:
+    def __init__(
+        self,
+        db: Database,
+        ledger: Ledger,
+        pool: LinePool,
+        *,
+        worker_id: str | None = None,
+        assets: Path | None = None,
+        trunks: dict[str, Any] | None = None,
+    ) -> None:
+        self.db = db
+        self.ledger = ledger
+        self.pool = pool
+        self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:8]}"
+        self.greeting = str(greeting_wav(assets or Path(".dialer-assets")))
+        self.trunks = trunks or {}
+        self.sessions: dict[str, Session] = {}
+        self.campaigns: dict[int, CampaignView] = {}
+        self.trunk_buckets: dict[str, TokenBucket] = {}
+        self._stopping = False
+        self._paused_accounts: set[str] = set()
+        self._refreshed = 0.0
+        ledger.subscribe(self._on_signal)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, drain_seconds: float = 30.0) -> None:
+        """Dial until ``stop`` is set; then let calls finish up to ``drain_seconds``."""
+        router = asyncio.create_task(self._route_events(), name="worker-events")
+        try:
+            while not stop.is_set():
+                await self._dial_round()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), LOOP_SECONDS)
+            self._stopping = True
+            log.info("stopping: no new calls", calls_up=len(self.sessions))
+            await self._drain(drain_seconds)
+        finally:
+            router.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await router
+
+    async def _drain(self, seconds: float) -> None:
+        await self._sessions_gone(seconds)
+        for call_id in list(self.sessions):
+            with contextlib.suppress(PoolError):
+                await self.pool.hangup(call_id, "worker stopping")
+        await self._sessions_gone(10)
+
+    async def _sessions_gone(self, within: float) -> None:
+        tasks = [s.task for s in self.sessions.values() if s.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=within)
+
+    # -- dialing --------------------------------------------------------------------------
+
+    async def _refresh(self) -> None:
+        rows = await self.db.run(store.running_campaigns, write=False)
+        fresh: dict[int, CampaignView] = {}
+        for row in rows:
+            old = self.campaigns.get(row.id)
+            fresh[row.id] = CampaignView(
+                row=row,
+                trunk_kind=TrunkKind(row.trunk_kind),
+                trunk_name=row.trunk_name,
+                window=CallingWindow.parse(row.window, row.days),
+                retry=RetryPolicy.from_json(row.retry),
+                bucket=old.bucket if old and old.row.cps == row.cps else TokenBucket(row.cps),
+            )
+        self.campaigns = fresh
+        self._refreshed = time.monotonic()
+
+    async def _dial_round(self) -> None:
+        if time.monotonic() - self._refreshed >= REFRESH_SECONDS:
+            await self._refresh()
+            await self._complete_finished()
+        for view in list(self.campaigns.values()):
+            if self._stopping:
+                return
+            await self._dial_campaign(view)
+
+    def _active(self, *, campaign_id: int | None = None, trunk: str | None = None) -> int:
+        return sum(
+            1
+            for s in self.sessions.values()
+            if (campaign_id is None or s.campaign.id == campaign_id)
+            and (trunk is None or s.campaign.trunk_name == trunk)
+        )
+
+    async def _dial_campaign(self, view: CampaignView) -> None:
+        row = view.row
+        trunk = self.trunks.get(view.trunk_name)
+        channels = trunk.channels if trunk is not None else row.max_concurrent
+        trunk_bucket = self.trunk_buckets.setdefault(
+            view.trunk_name, TokenBucket(trunk.cps if trunk is not None else 10.0)
+        )
+        room = min(
+            row.max_concurrent - self._active(campaign_id=row.id),
+            channels - self._active(trunk=view.trunk_name),
+            self.pool.free_slots,
+        )
+        now_mono = time.monotonic()
+        want = 0
+        while want < room and view.bucket.available(now_mono) and trunk_bucket.available(now_mono):
+            view.bucket.take(now_mono)
+            trunk_bucket.take(now_mono)
+            want += 1
+        if want <= 0:
+            return
+        now = utcnow()
+        aware = now.replace(tzinfo=UTC)
+
+        def is_open(zone: str) -> bool:
+            return view.window.is_open(aware, parse_zone(zone))
+
+        def next_open(zone: str) -> datetime:
+            return view.window.next_open(aware, parse_zone(zone)).replace(tzinfo=None)
+
+        def claim(conn: Connection) -> store.ClaimResult:
+            return store.claim_contacts(
+                conn, row, view.trunk_kind, self.ledger.tariff, self.worker_id, now, want,
+                LEASE_SECONDS, is_open, next_open,
+            )  # fmt: skip
+
+        result = await self.db.run(claim)
+        if not result.gate_open:
+            log.warning("balance gate closed", account=row.account, reason=result.gate_reason)
+            await self._pause_account(row.account)
+            return
+        for contact in result.contacts:
+            await self._dial(view, contact)
+
+    async def _dial(self, view: CampaignView, contact: store.Claimed) -> None:
+        row = view.row
+        call_id = f"{row.name}-{contact.contact_id}-{contact.attempt}-{uuid.uuid4().hex[:6]}"
+        session = Session(
+            call_id=call_id,
+            campaign=row,
+            contact=contact,
+            trunk_kind=view.trunk_kind,
+            meter=CallMeter(self.ledger.tariff, view.trunk_kind),
+            invite_at=time.time(),
+        )
+        session.cdr = {
+            "call_id": call_id, "campaign_id": row.id, "account": row.account,
+            "contact_id": contact.contact_id, "phone": contact.phone,
+            "attempt": contact.attempt, "direction": "outbound",
+            "trunk_kind": view.trunk_kind.value, "invite_at": wall(session.invite_at),
+        }  # fmt: skip
+        self.sessions[call_id] = session
+        try:
+            session.line = await self.pool.dial(
+                call_id,
+                contact.phone,
+                view.trunk_name,
+                caller_id=row.caller_id,
+                headers={"X-Campaign": row.name},
+            )
+        except PoolError as exc:
+            del self.sessions[call_id]
+            log.warning("dial refused", call_id=call_id, error=str(exc))
+            await self.db.run(
+                lambda conn: store.release_contact(
+                    conn, contact.contact_id, Disposition.CANCELLED.value, utcnow()
+                )
+            )
+            return
+        session.cdr["line"] = session.line
+        await self.db.run(lambda conn: store.write_call(conn, session.cdr))
+        session.task = asyncio.create_task(self._run_session(session), name=call_id)
+
+    async def _complete_finished(self) -> None:
+        for view in list(self.campaigns.values()):
+            if self._active(campaign_id=view.row.id):
+                continue
+
+            def complete(conn: Connection, campaign_id: int = view.row.id,
+                         name: str = view.row.name) -> bool:  # fmt: skip
+                row = store.campaign_by_name(conn, name)
+                if row.state != CampaignState.RUNNING.value or store.unfinished(conn, campaign_id):
+                    return False
+                store.set_status(
+                    conn, campaign_id, transition(status_of(row), Action.COMPLETE), utcnow()
+                )
+                return True
+
+            if await self.db.run(complete):
+                log.info("campaign completed", campaign=view.row.name)
+
+    # -- money ----------------------------------------------------------------------------
+
+    async def _on_signal(self, signal: BalanceSignal) -> None:
+        if signal.kind is SignalKind.EXHAUSTED:
+            await self._pause_account(signal.account)
+        else:
+            self._paused_accounts.discard(signal.account)
+
+    async def _pause_account(self, account: str) -> None:
+        paused = await pause_for_balance(self.db, account)
+        if paused:
+            log.warning("balance exhausted: campaigns paused", account=account, campaigns=paused)
+        self.campaigns = {k: v for k, v in self.campaigns.items() if v.row.account != account}
+
+    async def _debit(self, session: Session, debits: list[Debit]) -> None:
+        for debit in debits:
+            await self.ledger.debit(
+                session.campaign.account,
+                debit.counter,
+                debit.seconds,
+                call_id=session.call_id,
+                increment=debit.increment,
+                campaign=session.campaign.name,
+                contact=session.contact.phone,
+            )
+
+    # -- one call -------------------------------------------------------------------------
+
+    async def _route_events(self) -> None:
+        async for event in self.pool.events():
+            session = self.sessions.get(event.get("call_id", ""))
+            if session is not None:
+                session.events.put_nowait(event)
+            elif event["event"] in ("inbound_rejected", "line_died", "registration"):
+                log.info(event["event"], **{k: v for k, v in event.items() if k != "event"})
+
+    async def _run_session(self, session: Session) -> None:
+        log_ = log.bind(call_id=session.call_id, campaign=session.campaign.name,
+                        account=session.campaign.account)  # fmt: skip
+        transfer_at: float | None = None
+        hangup_at: float | None = None
+        try:
+            while True:
+                deadlines = [d for d in (session.meter.next_due_at(), transfer_at, hangup_at) if d]
+                timeout = max(0.0, min(deadlines) - time.time()) if deadlines else None
+                try:
+                    event = await asyncio.wait_for(session.events.get(), timeout)
+                except TimeoutError:
+                    now = time.time()
+                    await self._debit(session, session.meter.tick(now))
+                    if transfer_at is not None and now >= transfer_at:
+                        transfer_at = None
+                        with contextlib.suppress(PoolError):
+                            await self.pool.transfer(session.call_id, session.campaign.agent_uri)
+                    if hangup_at is not None and now >= hangup_at:
+                        hangup_at = None
+                        with contextlib.suppress(PoolError):
+                            await self.pool.hangup(session.call_id, "max call seconds")
+                    continue
+                name = event["event"]
+                at = float(event.get("at") or time.time())
+                if name == "ringing":
+                    session.cdr["ringing_at"] = wall(at)
+                elif name == "answered":
+                    session.cdr["answered_at"] = wall(at)
+                    await self._debit(session, session.meter.answered(at))
+                    log_.info("answered")
+                    with contextlib.suppress(PoolError):
+                        await self.pool.play(session.call_id, self.greeting)
+                    hangup_at = at + session.campaign.max_call_seconds
+                    after = session.contact.attributes.get("transfer_after")
+                    if session.campaign.agent_uri and after:
+                        transfer_at = at + float(after)
+                elif name == "agent_answered" and event.get("mode") == "bridge":
+                    await self._debit(session, session.meter.agent_started(at))
+                elif name == "agent_ended":
+                    await self._debit(session, session.meter.agent_ended(at))
+                elif name in ("hangup", "failed", "interrupted"):
+                    await self._finish(session, event, at)
+                    log_.info("call ended", disposition=session.cdr["disposition"])
+                    return
+        except Exception:
+            log_.exception("call session failed")
+            raise
+        finally:
+            self.sessions.pop(session.call_id, None)
+
+    async def _finish(self, session: Session, event: dict[str, Any], at: float) -> None:
+        name = event["event"]
+        answered = session.meter.answered_at_ms is not None
+        if answered:
+            await self._debit(session, session.meter.hangup(at))
+        else:
+            session.meter.hangup(max(at, session.invite_at))
+        if name == "interrupted":
+            disposition = Disposition.INTERRUPTED
+        elif name == "hangup" or answered:
+            disposition = Disposition.ANSWERED
+        else:
+            disposition = disposition_of_failure(event)
+        segments = [
+            {"kind": s.kind.value, "start": s.start_ms / 1000, "end": s.end_ms / 1000}
+            for s in session.meter.segments()
+        ]
+        session.cdr |= {
+            "ended_at": wall(at),
+            "sip_status": event.get("status"),
+            "disposition": disposition.value,
+            "hangup_by": event.get("by") if name != "interrupted" else "line",
+            "agent_seconds": session.meter.agent_ms() / 1000,
+            "billed_telephony_seconds": session.meter.billed_seconds(Counter.TELEPHONY),
+            "billed_speech_seconds": session.meter.billed_seconds(Counter.SPEECH),
+            "segments": segments,
+        }
+        policy = RetryPolicy.from_json(session.campaign.retry)
+        retry_at = policy.next_attempt(disposition, session.contact.attempt, utcnow())
+
+        def settle(conn: Connection) -> None:
+            store.write_call(conn, session.cdr)
+            store.release_contact(conn, session.contact.contact_id, disposition.value, retry_at)
+
+        await self.db.run(settle)
