@@ -172,7 +172,7 @@ def billing_topup(
     which = parse_counter(counter)
     whole = parse_minutes(minutes)
     result = run(lambda ledger: ledger.buy_package(account, which, whole, reference=reference))
-    structlog.get_logger().info(
+    structlog.get_logger().debug(
         "package bought",
         counter=which.value,
         minutes=whole,

@@ -40,7 +40,7 @@ class DatabaseConfig(Section):
 
 class SipConfig(Section):
     bind_address: str = "127.0.0.1"
-    port: int = Field(default=5060, ge=1, le=65535)
+    port: int = Field(default=5060, ge=0, le=65535)  # 0: any free port per line
     lines: int = Field(default=4, ge=1, le=256)
     rtp_port_base: int = Field(default=20000, ge=1024, le=65000)
 

@@ -94,7 +94,8 @@ def insert_contacts(conn: Connection, campaign_id: int, rows: list[dict[str, Any
     existing = set(
         conn.execute(select(CONTACT.c.phone).where(CONTACT.c.campaign_id == campaign_id)).scalars()
     )
-    fresh = [r | {"campaign_id": campaign_id} for r in rows if r["phone"] not in existing]
+    base = {"campaign_id": campaign_id, "state": PENDING, "attempts": 0}
+    fresh = [base | r for r in rows if r["phone"] not in existing]
     if fresh:
         conn.execute(insert(CONTACT), fresh)
     return len(fresh)

@@ -54,6 +54,7 @@ class CallingWindow:
     start: time
     end: time
     days: frozenset[int]
+    to_midnight: bool = False  # the end is 24:00
 
     @classmethod
     def parse(cls, window: str, days: str = "all") -> CallingWindow:
@@ -67,21 +68,22 @@ class CallingWindow:
         start = time(h1, m1)
         if start == end and h2 != 24:
             raise DialerError(f"bad window {window!r}: it is empty")
-        return cls(start, end, parse_days(days))
+        return cls(start, end, parse_days(days), to_midnight=h2 == 24)
 
     @property
     def crosses_midnight(self) -> bool:
-        return self.end <= self.start
+        return not self.to_midnight and self.end <= self.start
 
     def __str__(self) -> str:
-        end = "24:00" if self.end == time(0, 0) and not self.crosses_midnight else self.end
-        return f"{self.start:%H:%M}-{end if isinstance(end, str) else f'{end:%H:%M}'}"
+        return f"{self.start:%H:%M}-{'24:00' if self.to_midnight else f'{self.end:%H:%M}'}"
 
     def is_open(self, at: datetime, zone: ZoneInfo) -> bool:
         """Is ``at`` (aware, any zone) inside the window in ``zone``'s local time?"""
         local = at.astimezone(zone)
         now = local.time().replace(tzinfo=None)
         today, yesterday = local.weekday(), (local.weekday() - 1) % 7
+        if self.to_midnight:
+            return today in self.days and self.start <= now
         if not self.crosses_midnight:
             return today in self.days and self.start <= now < self.end
         # opened today in the evening, or yesterday evening and not closed yet

@@ -127,7 +127,10 @@ def test_window_across_midnight() -> None:
     assert not night.is_open(utc(2026, 11, 28, 1, 30), berlin)  # Saturday 02:30
     assert not night.is_open(utc(2026, 11, 28, 21, 30), berlin)  # Saturday 22:30
     assert night.next_open(utc(2026, 11, 28, 12, 0), berlin) == utc(2026, 12, 4, 21, 0)
-    assert CallingWindow.parse("00:00-24:00").is_open(utc(2026, 11, 28, 23, 59), berlin)
+    always = CallingWindow.parse("00:00-24:00")
+    assert always.is_open(utc(2026, 11, 28, 23, 59), berlin)
+    assert str(always) == "00:00-24:00" and CallingWindow.parse(str(always)) == always
+    assert str(night) == "22:00-02:00" and CallingWindow.parse(str(night), "fri") == night
 
 
 @pytest.mark.parametrize(
