@@ -1,0 +1,235 @@
+"""The campaign worker end to end: real line processes, `dialer sim` callees, real
+SQLite/PostgreSQL ledger. Billing is checked against what the callee measured."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from siputil import SimProcess, rtp_base
+from sqlalchemy import select
+
+from billing.ledger import ENTRY, Ledger
+from billing.storage import Database
+from billing.tariff import Counter
+from dialer import store
+from dialer.campaign_state import Action, CampaignStateError
+from dialer.campaigns import (
+    CampaignSpec,
+    add_trunk,
+    campaign_status,
+    change_state,
+    create_campaign,
+    import_contacts,
+)
+from dialer.runtime import trunk_configs
+from dialer.worker import Worker
+from sip.pool import LinePool, PoolConfig
+
+T, S = Counter.TELEPHONY, Counter.SPEECH
+
+
+@pytest.fixture
+def voice(tmp_path: Path) -> Path:
+    path = tmp_path / "voice.wav"
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(path), "synth", "30",
+                    "sine", "300", "vol", "0.3"], check=True)  # fmt: skip
+    return path
+
+
+@contextlib.contextmanager
+def simulator(tmp_path: Path, plan: str) -> Iterator[SimProcess]:
+    path = tmp_path / "plan.toml"
+    path.write_text(plan)
+    sim = SimProcess(path)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    database: Database, ledger: Ledger, lines: int = 1
+) -> AsyncIterator[Worker]:
+    rows = await database.run(lambda c: list(c.execute(select(store.TRUNK)).all()), write=False)
+    config = PoolConfig(lines=lines, sip_port=0, rtp_port=rtp_base(), trunks=trunk_configs(rows))
+    stop = asyncio.Event()
+    async with LinePool(config) as pool:
+        worker = Worker(database, ledger, pool, assets=Path(".test-assets"),
+                        trunks={r.name: r for r in rows})  # fmt: skip
+        task = asyncio.create_task(worker.run(stop, drain_seconds=5))
+        try:
+            yield worker
+        finally:
+            stop.set()
+            await task
+
+
+async def wait_for_state(database: Database, campaign: str, states: set[str],
+                         within: float = 90) -> dict[str, Any]:  # fmt: skip
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        status = await campaign_status(database, campaign)
+        if status["state"] in states:
+            return status
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{campaign}: still {status}")
+        await asyncio.sleep(0.25)
+
+
+async def setup_account(database: Database, ledger: Ledger, sim: SimProcess, kind: str,
+                        minutes: int, trunk: str = "main") -> None:  # fmt: skip
+    if trunk == "main":
+        await ledger.create_account("acme")
+        for counter in Counter:
+            await ledger.buy_package("acme", counter, minutes)
+    await add_trunk(database, name=trunk, account="acme", kind=kind,
+                    uri=f"sip:127.0.0.1:{sim.port}")  # fmt: skip
+
+
+async def make_campaign(database: Database, tmp_path: Path, name: str, trunk: str,
+                        rows: list[str], **spec: Any) -> None:  # fmt: skip
+    await create_campaign(database, CampaignSpec(name=name, account="acme", trunk=trunk, **spec))
+    csv = tmp_path / f"{name}.csv"
+    csv.write_text("phone,transfer_after\n" + "\n".join(rows) + "\n")
+    await import_contacts(database, name, csv)
+
+
+def callee_durations(sim: SimProcess) -> dict[str, float]:
+    return {e["number"]: e["talked"] for e in sim.events
+            if e["event"] == "ended" and e.get("role") == "callee"}  # fmt: skip
+
+
+def rounded(seconds: float) -> int:
+    return math.ceil(seconds / 15) * 15
+
+
+async def test_every_call_is_billed_by_the_callees_own_clock(
+    db_url: str, tmp_path: Path, voice: Path
+) -> None:
+    talks = [1.0, 2.0, 3.5, 14.0, 16.5, 1.5, 2.5, 4.0, 1.0, 2.0,
+             3.0, 1.0, 2.0, 16.0, 1.0, 2.0, 3.0, 1.0, 2.0, 5.0]  # fmt: skip
+    numbers = [f"+1415555{1000 + n}" for n in range(len(talks))]
+    plan = "".join(
+        f'[numbers."{num}"]\nring = 0.2\ntalk = {talk}\nplay = "{voice}"\n\n'
+        for num, talk in zip(numbers, talks, strict=True)
+    )
+    with simulator(tmp_path, plan) as sim:
+        async with Database(db_url) as database:
+            ledger = Ledger(database)
+            await setup_account(database, ledger, sim, "platform", 60)
+            await make_campaign(database, tmp_path, "spring", "main",
+                                [f"{n}," for n in numbers], max_concurrent=4, cps=10)  # fmt: skip
+            await change_state(database, ledger.tariff, "spring", Action.START)
+            async with running_worker(database, ledger):
+                status = await wait_for_state(database, "spring", {"completed"})
+            status = await campaign_status(database, "spring")
+            calls = await database.run(
+                lambda c: store.calls_of(c, store.campaign_by_name(c, "spring").id), write=False
+            )
+            audit = await ledger.audit("acme")
+            balances = await ledger.balances("acme")
+    durations = callee_durations(sim)
+    assert status["state"] == "completed" and status["calls"]["answered"] == 20
+    for call in calls:
+        talked = durations[call.phone]
+        allowed = {rounded(talked - 1), rounded(talked), rounded(talked + 1)}
+        assert call.billed_telephony_seconds in allowed, (call.phone, talked)
+        assert call.billed_speech_seconds == call.billed_telephony_seconds
+        assert call.disposition == "answered" and call.hangup_by == "remote"
+    total = sum(c.billed_telephony_seconds for c in calls)
+    assert balances[T] == 3600 - total and all(line.consistent for line in audit)
+
+
+async def test_agent_time_is_billed_on_platform_telephony_only(
+    pg_url: str, tmp_path: Path, voice: Path
+) -> None:
+    plan = f"""
+[numbers."+14155552001"]
+ring = 0.2
+talk = 20
+play = "{voice}"
+[numbers."+14155552002"]
+ring = 0.2
+talk = 20
+play = "{voice}"
+[agents.agent1]
+ring = 0.2
+hangup_after = 14
+"""
+    with simulator(tmp_path, plan) as sim:
+        agent = f"sip:agent1@127.0.0.1:{sim.port}"
+        async with Database(pg_url) as database:
+            ledger = Ledger(database)
+            await setup_account(database, ledger, sim, "platform", 10)
+            await setup_account(database, ledger, sim, "customer", 10, trunk="own")
+            await make_campaign(database, tmp_path, "ours", "main", ["+14155552001,2"],
+                                agent_uri=agent)  # fmt: skip
+            await make_campaign(database, tmp_path, "theirs", "own", ["+14155552002,2"],
+                                agent_uri=agent)  # fmt: skip
+            await change_state(database, ledger.tariff, "ours", Action.START)
+            await change_state(database, ledger.tariff, "theirs", Action.START)
+            async with running_worker(database, ledger, lines=2):
+                await wait_for_state(database, "ours", {"completed"})
+                await wait_for_state(database, "theirs", {"completed"})
+            ours = await database.run(lambda c: store.calls_of(c, 1), write=False)
+            theirs = await database.run(lambda c: store.calls_of(c, 2), write=False)
+    platform, customer = ours[0], theirs[0]
+    for call in (platform, customer):
+        assert 13 < call.agent_seconds < 15.5  # bot 2 s, agent 14 s, bot again ~4 s
+        kinds = [seg["kind"] for seg in call.segments]
+        assert kinds == ["bot", "agent", "bot"]
+    # platform trunk: telephony runs all 20 s (30 billed); speech only in bot time (~6 s)
+    assert platform.billed_telephony_seconds == 30 and platform.billed_speech_seconds == 15
+    # customer's own trunk: no telephony, speech suspended while the agent talks
+    assert customer.billed_telephony_seconds == 0 and customer.billed_speech_seconds == 15
+
+
+async def test_running_out_mid_call(db_url: str, tmp_path: Path, voice: Path) -> None:
+    """Four 20 s calls on 60 s of speech: the answers exhaust it, the calls finish, the
+    balance ends at minus what they used, nothing more is dialed, resume waits for money."""
+    numbers = [f"+1415555{3000 + n}" for n in range(10)]
+    plan = "".join(f'[numbers."{n}"]\nring = 0.2\ntalk = 20\nplay = "{voice}"\n\n' for n in numbers)
+    with simulator(tmp_path, plan) as sim:
+        async with Database(db_url) as database:
+            ledger = Ledger(database)
+            await setup_account(database, ledger, sim, "customer", 1)
+            await make_campaign(database, tmp_path, "spring", "main", [f"{n}," for n in numbers],
+                                max_concurrent=4, cps=20)  # fmt: skip
+            await change_state(database, ledger.tariff, "spring", Action.START)
+            async with running_worker(database, ledger):
+                status = await wait_for_state(database, "spring", {"paused"}, 30)
+                assert status["pause_reason"] == "balance"
+                await asyncio.sleep(24)  # the calls that were up finish on their own
+            status = await campaign_status(database, "spring")
+            calls = await database.run(lambda c: store.calls_of(c, 1), write=False)
+            entries = await ledger.entries("acme")
+            balance = (await ledger.balances("acme"))[S]
+            with pytest.raises(CampaignStateError, match="cannot resume: speech balance"):
+                await change_state(database, ledger.tariff, "spring", Action.RESUME)
+            topup = await ledger.buy_package("acme", S, 3)
+            resumed = await change_state(database, ledger.tariff, "spring", Action.RESUME)
+    answered = [c for c in calls if c.disposition == "answered"]
+    assert len(answered) == 4 and status["state"] == "paused"
+    for call in answered:
+        assert call.hangup_by == "remote"  # not cut for lack of balance
+        assert call.billed_speech_seconds == 30
+    assert balance == 60 - 4 * 30 == -60
+    assert topup.balance_seconds == 180 - 60
+    assert resumed.state.value == "running"
+    exhausting = min(
+        e.created_at for e in entries
+        if e.kind == "debit" and sum(x.seconds for x in entries if x.id <= e.id) <= 0
+    )  # fmt: skip
+    invites = [datetime.fromtimestamp(e["at"], UTC).replace(tzinfo=None)
+               for e in sim.events if e["event"] == "incoming"]  # fmt: skip
+    assert len(invites) == 4 and all(at < exhausting for at in invites)
+    assert ENTRY is not None
