@@ -139,47 +139,58 @@ def claim_contacts(
     decision = gate(conn, account_id(conn, campaign.account), trunk_kind, tariff)
     if not decision.allowed:
         return ClaimResult([], False, decision.reason())
-    due = (
+    claimable = or_(
+        CONTACT.c.state == PENDING,
+        and_(CONTACT.c.state == IN_PROGRESS, CONTACT.c.lease_until < now),
+    )
+    due = conn.execute(
         select(CONTACT)
         .where(
             CONTACT.c.campaign_id == campaign.id,
-            or_(
-                CONTACT.c.state == PENDING,
-                and_(CONTACT.c.state == IN_PROGRESS, CONTACT.c.lease_until < now),
-            ),
+            claimable,
             or_(CONTACT.c.next_attempt_at.is_(None), CONTACT.c.next_attempt_at <= now),
         )
         .order_by(CONTACT.c.next_attempt_at.is_not(None), CONTACT.c.next_attempt_at, CONTACT.c.id)
         .limit(limit * 4 + 10)
-    )
-    if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    rows = conn.execute(due).all()
+    ).all()
     blocked = set(
         conn.execute(
             select(DNC.c.phone).where(
-                DNC.c.account == campaign.account, DNC.c.phone.in_([r.phone for r in rows])
+                DNC.c.account == campaign.account, DNC.c.phone.in_([r.phone for r in due])
             )
         ).scalars()
     )
+    dnc = [r for r in due if r.phone in blocked]
+    closed = [r for r in due if r.phone not in blocked and not is_open(r.timezone)]
+    ready = [r for r in due if r.phone not in blocked and is_open(r.timezone)]
+
+    def lock(rows: list[Any], most: int | None = None) -> list[Any]:
+        """The rows still claimable that no other transaction holds (PostgreSQL: SKIP
+        LOCKED; SQLite: BEGIN IMMEDIATE already made this the only writer)."""
+        if not rows:
+            return []
+        stmt = select(CONTACT.c.id).where(CONTACT.c.id.in_([r.id for r in rows]), claimable)
+        if most is not None:
+            stmt = stmt.order_by(CONTACT.c.id).limit(most)
+        if conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        held = set(conn.execute(stmt).scalars())
+        return [r for r in rows if r.id in held]
+
+    for row in lock(dnc):
+        conn.execute(
+            update(CONTACT)
+            .where(CONTACT.c.id == row.id)
+            .values(state=DONE, last_disposition="dnc", lease_owner=None, lease_until=None)
+        )
+    for row in lock(closed):
+        conn.execute(
+            update(CONTACT)
+            .where(CONTACT.c.id == row.id)
+            .values(next_attempt_at=next_open(row.timezone), state=PENDING, lease_owner=None)
+        )
     claimed: list[Claimed] = []
-    for row in rows:
-        if row.phone in blocked:
-            conn.execute(
-                update(CONTACT)
-                .where(CONTACT.c.id == row.id)
-                .values(state=DONE, last_disposition="dnc", lease_owner=None, lease_until=None)
-            )
-            continue
-        if not is_open(row.timezone):
-            conn.execute(
-                update(CONTACT)
-                .where(CONTACT.c.id == row.id)
-                .values(next_attempt_at=next_open(row.timezone), state=PENDING, lease_owner=None)
-            )
-            continue
-        if len(claimed) >= limit:
-            break
+    for row in sorted(lock(ready, limit), key=lambda r: ready.index(r)):
         conn.execute(
             update(CONTACT)
             .where(CONTACT.c.id == row.id)

@@ -1,0 +1,114 @@
+"""Campaign CLI: creation, imports with bad rows, state changes, CDR export, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_cli import Run, _isolated, database, run  # noqa: F401  (fixtures)
+
+
+@pytest.fixture
+def acme(run: Run, database: str) -> Run:  # noqa: F811
+    run("account", "create", "acme")
+    run("account", "create", "other")
+    run("trunk", "add", "main", "--account", "acme", "--kind", "platform",
+        "--uri", "sip:127.0.0.1:5999")  # fmt: skip
+    return run
+
+
+def test_campaign_lifecycle_and_imports(acme: Run, tmp_path: Path) -> None:
+    run = acme
+    run("campaign", "create", "spring", "--account", "acme", "--trunk", "main",
+        "--window", "09:00-20:00", "--days", "mon-fri", "--timezone", "America/New_York")  # fmt: skip
+    csv = tmp_path / "contacts.csv"
+    csv.write_text(
+        "Phone,timezone,name\n"
+        "+14155550101,,Ann\n"
+        "+14155550102,Europe/Berlin,Bob\n"
+        "12345,,Bad\n"
+        "+14155550101,,Dup\n"
+        "+14155550103,Mars/Base,Zed\n"
+    )
+    code, out, err = run("campaign", "import", "spring", str(csv), "--json")
+    report = json.loads(out)
+    assert report["imported"] == 2 and len(report["problems"]) == 3
+    assert "line 4: bad phone number '12345'" in report["problems"][0]
+    assert "line 5: duplicate number +14155550101 (first on line 2)" in report["problems"][1]
+    assert "line 6: unknown time zone 'Mars/Base'" in report["problems"][2]
+    assert run.json("campaign", "import", "spring", str(csv))["already_there"] == 2  # type: ignore[index]
+
+    start = run.fails("campaign", "start", "spring")
+    assert "cannot start: telephony balance is 0 s" in start
+    run("billing", "topup", "acme", "--counter", "telephony", "--minutes", "5")
+    run("billing", "topup", "acme", "--counter", "speech", "--minutes", "5")
+    assert run.json("campaign", "start", "spring")["state"] == "running"  # type: ignore[index]
+    assert "cannot resume a campaign that is running" in run.fails("campaign", "resume", "spring")
+    paused = run.json("campaign", "pause", "spring")
+    assert paused == {"campaign": "spring", "state": "paused", "pause_reason": "user"}
+    status = run.json("campaign", "status", "spring")
+    assert status["contacts"] == {"total": 2, "pending": 2, "in_progress": 0, "done": 0}  # type: ignore[index]
+    assert status["calls"]["placed"] == 0  # type: ignore[index]
+    run("campaign", "stop", "spring")
+    assert "cannot resume a campaign that is stopped" in run.fails("campaign", "resume", "spring")
+    listed = run.json("campaign", "list")
+    assert listed == {"campaigns": [{"campaign": "spring", "account": "acme",  # type: ignore[comparison-overlap]
+                                     "state": "stopped", "pause_reason": None}]}  # fmt: skip
+    _, out, _ = run("cdr", "export", "spring")
+    assert out.startswith("call_id,campaign,account,phone,attempt,direction,invite_at")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trunk", "nope"], "unknown trunk 'nope'"),
+        (["--account", "other"], "belongs to account 'acme'"),
+        (["--window", "25:00-26:00"], "bad window '25:00-26:00'"),
+        (["--days", "mon-funday"], "bad days"),
+        (["--timezone", "Mars/Base"], "unknown time zone"),
+        (["--agent-uri", "tel:123"], "agent URI must be a sip: URI"),
+        (["--caller-id", "abc"], "bad phone number 'abc'"),
+    ],
+)
+def test_bad_campaigns_are_refused(acme: Run, args: list[str], message: str) -> None:
+    base = {"--account": "acme", "--trunk": "main"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    flat = [x for pair in base.items() for x in pair]
+    extra = [a for a in args if a not in base and a not in base.values()]
+    assert message in acme.fails("campaign", "create", "c1", *flat, *extra)
+    assert acme.json("campaign", "list") == {"campaigns": []}
+
+
+def test_file_level_import_errors_import_nothing(acme: Run, tmp_path: Path) -> None:
+    acme("campaign", "create", "spring", "--account", "acme", "--trunk", "main")
+    no_phone = tmp_path / "a.csv"
+    no_phone.write_text("number\n+14155550101\n")
+    latin = tmp_path / "b.csv"
+    latin.write_bytes("phone,name\n+14155550101,J\xf6rg\n".encode("latin-1"))
+    assert "no 'phone' column" in acme.fails("campaign", "import", "spring", str(no_phone))
+    assert "not UTF-8" in acme.fails("campaign", "import", "spring", str(latin))
+    assert "no such file" in acme.fails("campaign", "import", "spring", str(tmp_path / "x.csv"))
+    assert "unknown campaign 'autumn'" in acme.fails("campaign", "import", "autumn", str(latin))
+    assert acme.json("campaign", "status", "spring")["contacts"]["total"] == 0  # type: ignore[index]
+
+
+def test_trunks_and_dnc(acme: Run, tmp_path: Path) -> None:
+    assert "already exists" in acme.fails("trunk", "add", "main", "--account", "acme", "--kind",
+                                          "platform", "--uri", "sip:x")  # fmt: skip
+    assert "unknown trunk kind 'carrier'" in acme.fails(
+        "trunk", "add", "t2", "--account", "acme", "--kind", "carrier", "--uri", "sip:x"
+    )
+    assert "unknown account 'ghost'" in acme.fails(
+        "trunk", "add", "t3", "--account", "ghost", "--kind", "platform", "--uri", "sip:x"
+    )
+    acme("trunk", "add", "own", "--account", "acme", "--kind", "customer", "--uri",
+         "sip:pbx.example", "--username", "u", "--password", "hunter2")  # fmt: skip
+    listed = acme.json("trunk", "list")
+    assert [t["name"] for t in listed["trunks"]] == ["main", "own"]  # type: ignore[index]
+    assert "hunter2" not in json.dumps(listed)
+    dnc = tmp_path / "dnc.csv"
+    dnc.write_text("phone\n+14155550101\nnope\n")
+    report = acme.json("dnc", "import", "acme", str(dnc))
+    assert report["imported"] == 1 and "line 3" in report["problems"][0]  # type: ignore[index]
