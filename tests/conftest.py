@@ -1,4 +1,4 @@
-"""Shared fixtures: real SQLite files and real PostgreSQL databases.
+"""Shared fixtures: real SQLite files and real PostgreSQL databases, the CLI runner.
 
 PostgreSQL is the local server (127.0.0.1:5432, database `test`). If it is down we start
 it; if it still cannot be reached the tests FAIL (never skip): the ledger's locking is
@@ -19,9 +19,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from clitools import Run
 
 from billing.storage import Database
 from dialer import db
+from dialer.cli import OPTIONS
 
 ADMIN_DSN = os.environ.get(
     "DIALER_TEST_PG_DSN", "postgresql://postgres:postgres@127.0.0.1:5432/test"
@@ -133,3 +135,33 @@ def tone_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
     )  # fmt: skip
     return path
+
+
+# -- the CLI, in process ------------------------------------------------------------------
+
+
+@pytest.fixture
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for key in list(os.environ):
+        if key.startswith("DIALER_"):
+            monkeypatch.delenv(key)
+    OPTIONS.config = None
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Run:
+    return Run(capsys)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, run: Run) -> str:
+    """An upgraded, empty database, chosen by environment override."""
+    url = (
+        f"sqlite:///{Path.cwd() / 'cli.db'}"
+        if request.param == "sqlite"
+        else str(request.getfixturevalue("pg_empty_url"))
+    )
+    monkeypatch.setenv("DIALER_DATABASE__URL", url)
+    run("db", "upgrade")
+    return url

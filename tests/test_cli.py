@@ -2,65 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from clitools import Run
 
-from dialer.cli import OPTIONS, main
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)
-    for key in list(os.environ):
-        if key.startswith("DIALER_"):
-            monkeypatch.delenv(key)
-    OPTIONS.config = None
-
-
-class Run:
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-
-    def __call__(self, *args: str, ok: bool = True) -> tuple[int, str, str]:
-        code = main(list(args))
-        out, err = self.capsys.readouterr()
-        if ok:
-            assert code == 0, err
-        return code, out, err
-
-    def json(self, *args: str) -> object:
-        return json.loads(self(*args, "--json")[1])
-
-    def fails(self, *args: str, code: int | None = None) -> str:
-        rc, out, err = self(*args, ok=False)
-        assert rc != 0 if code is None else rc == code
-        lines = err.strip().splitlines()
-        assert len(lines) == 1, err  # one clear line
-        assert out == ""
-        return lines[0]
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    return Run(capsys)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, run: Run) -> str:
-    """An upgraded, empty database, chosen by environment override."""
-    url = (
-        f"sqlite:///{Path.cwd() / 'cli.db'}"
-        if request.param == "sqlite"
-        else str(request.getfixturevalue("pg_empty_url"))
-    )
-    monkeypatch.setenv("DIALER_DATABASE__URL", url)
-    run("db", "upgrade")
-    return url
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def test_billing_walkthrough_json_shapes(run: Run, database: str) -> None:

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from test_cli import Run, _isolated, database, run  # noqa: F401  (fixtures)
+from clitools import Run
+
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 @pytest.fixture
-def acme(run: Run, database: str) -> Run:  # noqa: F811
+def acme(run: Run, database: str) -> Run:
     run("account", "create", "acme")
     run("account", "create", "other")
     run("trunk", "add", "main", "--account", "acme", "--kind", "platform",
@@ -19,9 +21,9 @@ def acme(run: Run, database: str) -> Run:  # noqa: F811
 
 
 def test_campaign_lifecycle_and_imports(acme: Run, tmp_path: Path) -> None:
-    run = acme
-    run("campaign", "create", "spring", "--account", "acme", "--trunk", "main",
-        "--window", "09:00-20:00", "--days", "mon-fri", "--timezone", "America/New_York")  # fmt: skip
+    cli = acme
+    window = ["--window", "09:00-20:00", "--days", "mon-fri", "--timezone", "America/New_York"]
+    cli("campaign", "create", "spring", "--account", "acme", "--trunk", "main", *window)
     csv = tmp_path / "contacts.csv"
     csv.write_text(
         "Phone,timezone,name\n"
@@ -31,31 +33,31 @@ def test_campaign_lifecycle_and_imports(acme: Run, tmp_path: Path) -> None:
         "+14155550101,,Dup\n"
         "+14155550103,Mars/Base,Zed\n"
     )
-    code, out, err = run("campaign", "import", "spring", str(csv), "--json")
+    _, out, _ = cli("campaign", "import", "spring", str(csv), "--json")
     report = json.loads(out)
     assert report["imported"] == 2 and len(report["problems"]) == 3
     assert "line 4: bad phone number '12345'" in report["problems"][0]
     assert "line 5: duplicate number +14155550101 (first on line 2)" in report["problems"][1]
     assert "line 6: unknown time zone 'Mars/Base'" in report["problems"][2]
-    assert run.json("campaign", "import", "spring", str(csv))["already_there"] == 2  # type: ignore[index]
+    assert cli.json("campaign", "import", "spring", str(csv))["already_there"] == 2  # type: ignore[index]
 
-    start = run.fails("campaign", "start", "spring")
+    start = cli.fails("campaign", "start", "spring")
     assert "cannot start: telephony balance is 0 s" in start
-    run("billing", "topup", "acme", "--counter", "telephony", "--minutes", "5")
-    run("billing", "topup", "acme", "--counter", "speech", "--minutes", "5")
-    assert run.json("campaign", "start", "spring")["state"] == "running"  # type: ignore[index]
-    assert "cannot resume a campaign that is running" in run.fails("campaign", "resume", "spring")
-    paused = run.json("campaign", "pause", "spring")
+    cli("billing", "topup", "acme", "--counter", "telephony", "--minutes", "5")
+    cli("billing", "topup", "acme", "--counter", "speech", "--minutes", "5")
+    assert cli.json("campaign", "start", "spring")["state"] == "running"  # type: ignore[index]
+    assert "cannot resume a campaign that is running" in cli.fails("campaign", "resume", "spring")
+    paused = cli.json("campaign", "pause", "spring")
     assert paused == {"campaign": "spring", "state": "paused", "pause_reason": "user"}
-    status = run.json("campaign", "status", "spring")
+    status = cli.json("campaign", "status", "spring")
     assert status["contacts"] == {"total": 2, "pending": 2, "in_progress": 0, "done": 0}  # type: ignore[index]
     assert status["calls"]["placed"] == 0  # type: ignore[index]
-    run("campaign", "stop", "spring")
-    assert "cannot resume a campaign that is stopped" in run.fails("campaign", "resume", "spring")
-    listed = run.json("campaign", "list")
-    assert listed == {"campaigns": [{"campaign": "spring", "account": "acme",  # type: ignore[comparison-overlap]
-                                     "state": "stopped", "pause_reason": None}]}  # fmt: skip
-    _, out, _ = run("cdr", "export", "spring")
+    cli("campaign", "stop", "spring")
+    assert "cannot resume a campaign that is stopped" in cli.fails("campaign", "resume", "spring")
+    listed = cli.json("campaign", "list")
+    expected = {"campaign": "spring", "account": "acme", "state": "stopped", "pause_reason": None}
+    assert listed == {"campaigns": [expected]}
+    _, out, _ = cli("cdr", "export", "spring")
     assert out.startswith("call_id,campaign,account,phone,attempt,direction,invite_at")
 
 
