@@ -344,11 +344,20 @@ def sim(
 
 
 @app.command("demo")
-def demo() -> None:
-    """A walk-through of minute billing on the configured database (SQLite by default)."""
+def demo(
+    billing_only: Annotated[
+        bool, typer.Option("--billing-only", help="Only the billing walk-through (no SIP).")
+    ] = False,
+) -> None:
+    """The product in one run: simulated callees, the worker, two campaigns, every rule."""
+    cfg = settings()
+    if billing_only:
+        from dialer.demo_billing import run_demo as walk_through
+
+        asyncio.run(walk_through(cfg, stdout))
+        return
     from dialer.demo import run_demo
 
-    cfg = settings()
     asyncio.run(run_demo(cfg, stdout))
 
 

@@ -6,8 +6,6 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, select
-
 from billing.ledger import Ledger
 from dialer import db, store
 from dialer.config import Settings
@@ -44,10 +42,7 @@ async def run_worker(
     try:
         ledger = Ledger(database, cfg.billing.make_tariff())
 
-        def trunks(conn: Connection) -> list[Any]:
-            return list(conn.execute(select(store.TRUNK)).all())
-
-        rows = await database.run(trunks, write=False)
+        rows = await database.run(store.trunks_in_use, write=False)
         pool_config = PoolConfig(
             lines=lines or cfg.sip.lines,
             bind_address=cfg.sip.bind_address,

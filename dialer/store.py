@@ -73,6 +73,22 @@ def set_status(conn: Connection, campaign_id: int, status: Status, now: datetime
     )
 
 
+MAX_TRUNKS_PER_LINE = 7  # pjsua's 8 accounts per process, one kept for inbound calls
+
+
+def trunks_in_use(conn: Connection) -> list[Any]:
+    """Trunks of the campaigns that can still dial (the ones a worker's lines must carry)."""
+    used = select(CAMPAIGN.c.trunk_id).where(CAMPAIGN.c.state.in_(("draft", "running", "paused")))
+    rows = list(conn.execute(select(TRUNK).where(TRUNK.c.id.in_(used)).order_by(TRUNK.c.id)).all())
+    if len(rows) > MAX_TRUNKS_PER_LINE:
+        names = ", ".join(r.name for r in rows)
+        raise DialerError(
+            f"{len(rows)} trunks are in use ({names}); a worker carries at most "
+            f"{MAX_TRUNKS_PER_LINE}: stop campaigns or run a worker per group of trunks"
+        )
+    return rows
+
+
 def running_campaigns(conn: Connection) -> Sequence[Any]:
     return conn.execute(
         select(CAMPAIGN, TRUNK.c.kind.label("trunk_kind"), TRUNK.c.name.label("trunk_name"))
@@ -220,6 +236,15 @@ def release_contact(
     else:
         values |= {"state": PENDING, "next_attempt_at": next_attempt}
     conn.execute(update(CONTACT).where(CONTACT.c.id == contact_id).values(values))
+
+
+def unclaim(conn: Connection, contact_id: int) -> None:
+    """Give a claimed contact back untouched (no call was placed): the attempt is undone."""
+    conn.execute(
+        update(CONTACT)
+        .where(CONTACT.c.id == contact_id, CONTACT.c.state == IN_PROGRESS)
+        .values(state=PENDING, attempts=CONTACT.c.attempts - 1, lease_owner=None, lease_until=None)
+    )
 
 
 def extend_leases(conn: Connection, contact_ids: list[int], until: datetime) -> None:

@@ -129,6 +129,7 @@ class Worker:
         worker_id: str | None = None,
         assets: Path | None = None,
         trunks: dict[str, Any] | None = None,
+        ring_timeout: float = 30.0,
     ) -> None:
         self.db = db
         self.ledger = ledger
@@ -136,6 +137,7 @@ class Worker:
         self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:8]}"
         self.greeting = str(greeting_wav(assets or Path(".dialer-assets")))
         self.trunks = trunks or {}
+        self.ring_timeout = ring_timeout
         self.sessions: dict[str, Session] = {}
         self.campaigns: dict[int, CampaignView] = {}
         self.trunk_buckets: dict[str, TokenBucket] = {}
@@ -249,10 +251,18 @@ class Worker:
             log.warning("balance gate closed", account=row.account, reason=result.gate_reason)
             await self._pause_account(row.account)
             return
-        for contact in result.contacts:
-            await self._dial(view, contact)
+        for n, contact in enumerate(result.contacts):
+            if not await self._dial(view, contact):
+                rest = [c.contact_id for c in result.contacts[n + 1 :]]  # the pool is full
 
-    async def _dial(self, view: CampaignView, contact: store.Claimed) -> None:
+                def give_back(conn: Connection, rest: list[int] = rest) -> None:
+                    for contact_id in rest:
+                        store.unclaim(conn, contact_id)
+
+                await self.db.run(give_back)
+                return
+
+    async def _dial(self, view: CampaignView, contact: store.Claimed) -> bool:
         row = view.row
         call_id = f"{row.name}-{contact.contact_id}-{contact.attempt}-{uuid.uuid4().hex[:6]}"
         session = Session(
@@ -275,21 +285,20 @@ class Worker:
                 call_id,
                 contact.phone,
                 view.trunk_name,
+                ring_timeout=self.ring_timeout,
                 caller_id=row.caller_id,
                 headers={"X-Campaign": row.name},
             )
         except PoolError as exc:
+            # no INVITE left: the attempt does not count
             del self.sessions[call_id]
             log.warning("dial refused", call_id=call_id, error=str(exc))
-            await self.db.run(
-                lambda conn: store.release_contact(
-                    conn, contact.contact_id, Disposition.CANCELLED.value, utcnow()
-                )
-            )
-            return
+            await self.db.run(lambda conn: store.unclaim(conn, contact.contact_id))
+            return False
         session.cdr["line"] = session.line
         await self.db.run(lambda conn: store.write_call(conn, session.cdr))
         session.task = asyncio.create_task(self._run_session(session), name=call_id)
+        return True
 
     async def _complete_finished(self) -> None:
         for view in list(self.campaigns.values()):

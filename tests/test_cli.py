@@ -161,17 +161,19 @@ def test_config_file_flag_env_and_overrides(run: Run, monkeypatch: pytest.Monkey
 def test_configured_increment_is_used(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo meters with the configured increment (6 s -> call 1 of 40 s bills 42 s)."""
     monkeypatch.setenv("DIALER_BILLING__INCREMENT_SECONDS", "6")
-    _, out, _ = run("demo")
+    _, out, _ = run("demo", "--billing-only")
     assert "billed: telephony 42 s, speech 42 s" in out
 
 
 def test_demo_walks_through_the_rules(run: Run) -> None:
-    _, out, _ = run("demo")
+    _, out, _ = run("demo", "--billing-only")
     assert "created account demo-1" in out
     assert "billed: telephony 45 s, speech 45 s" in out
     assert "billed: telephony 0 s, speech 30 s (agent time 120 s)" in out
     assert "balance_exhausted" in out and "balance_restored" in out
-    _, again, _ = run("demo")  # runs again on the same database with a fresh account
+    _, again, _ = run(
+        "demo", "--billing-only"
+    )  # runs again on the same database with a fresh account
     assert "created account demo-2" in again
     usage = run.json("billing", "usage", "demo-1")
     assert usage["billed_seconds"] == {"telephony": 45, "speech": 75}  # type: ignore[index]
