@@ -85,7 +85,7 @@ def add_transports(
         if tls_cert_file:
             tls_cfg = pj.TransportConfig()
             tls_cfg.boundAddress = bind_address
-            tls_cfg.port = tls_port or actual + 1
+            tls_cfg.port = tls_port or 0  # 0: any free port (never a neighbour's SIP port)
             tls_cfg.tlsConfig.certFile = tls_cert_file
             tls_cfg.tlsConfig.privKeyFile = tls_key_file or tls_cert_file
             tls_id = ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tls_cfg)

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import queue
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -121,7 +123,8 @@ class _Tap(pj.AudioMediaPort):  # type: ignore[misc]
         if self.measure and is_voiced(pcm):
             self.voiced += 1
         if self.consumer is not None:
-            self.consumer.frame(call_id, pcm)
+            with contextlib.suppress(Exception):  # an exception here would reach pjmedia
+                self.consumer.frame(call_id, pcm)
 
 
 class _Player(pj.AudioMediaPlayer):  # type: ignore[misc]
@@ -150,6 +153,15 @@ class _Call(pj.Call):  # type: ignore[misc]
 
     def onCallMediaState(self, prm: Any) -> None:
         self.engine._on_media_state(self)
+
+    def onCallTransferRequest(self, prm: Any) -> None:
+        # A REFER from the far end must never make us dial (toll fraud): decline it.
+        prm.statusCode = 603
+        self.engine._emit(
+            "error",
+            call_id=self.record.call_id if self.record else None,
+            message=f"declined a REFER from the far end to {prm.dstUri}",
+        )
 
     def onCallTransferStatus(self, prm: Any) -> None:
         prm.cont = True
@@ -212,6 +224,7 @@ class _Record:
     agent_answered: bool = False
     agent_ringing: bool = False
     transfer_mode: str | None = None
+    agent_deadline: float = 0.0
     bridged: bool = False
     rx_frames: int = 0
     rx_voiced: int = 0
@@ -300,8 +313,11 @@ class SipEngine:
             while not self._stopping:
                 self._ep.libHandleEvents(POLL_MS)
                 self._turn()
-        finally:
+        except BaseException:
+            traceback.print_exc()  # stderr; the line must not live on without its SIP thread
             self._teardown()
+            os._exit(70)  # the pool sees the exit, reports the calls, starts a new line
+        self._teardown()
 
     def _setup(self) -> None:
         cfg = self.config
@@ -397,11 +413,16 @@ class SipEngine:
             except pj.Error as exc:
                 call_id = getattr(item, "call_id", None)
                 self._emit("error", call_id=call_id, message=f"{exc.title}: {exc.reason}")
+            except Exception as exc:  # a bad command must not take the SIP thread down
+                call_id = getattr(item, "call_id", None)
+                self._emit("error", call_id=call_id, message=f"{type(exc).__name__}: {exc}")
         now = time.monotonic()
         for record in list(self._records.values()):
             if not record.answered and record.hangup_by is None and now >= record.deadline:
                 record.timeout = True
                 self._hangup(record, "local")
+            if record.transfer_mode and not record.agent_answered and now >= record.agent_deadline:
+                self._give_up_transfer(record)
         self._flush()
 
     def _handle(self, item: Any) -> None:
@@ -458,6 +479,8 @@ class SipEngine:
         try:
             call.makeCall(dial_uri(trunk, cmd.to), prm)
         except pj.Error as exc:
+            if record.finished:
+                return  # DISCONNECTED came inside makeCall: `failed` is out already
             self._records.pop(cmd.call_id, None)
             self._live.discard(call)
             self._retired.append(call)
@@ -519,6 +542,7 @@ class SipEngine:
                 by=record.hangup_by or "remote",
                 status=status,
                 reason=reason,
+                cause=record.extra.get("reason"),
                 rx_frames=record.rx_frames if self._taps_wanted else None,
                 rx_voiced=record.rx_voiced if self.config.measure_audio else None,
             )
@@ -569,7 +593,8 @@ class SipEngine:
             record.tap = tap
             record.audio.startTransmit(tap)
             if self.consumer is not None:
-                self.consumer.call_started(record.call_id, TAP_CLOCK_RATE)
+                with contextlib.suppress(Exception):
+                    self.consumer.call_started(record.call_id, TAP_CLOCK_RATE)
 
     def _detach_tap(self, record: _Record) -> None:
         tap = record.tap
@@ -584,7 +609,8 @@ class SipEngine:
                 record.audio.stopTransmit(tap)
         self._idle_taps.append(tap)
         if self.consumer is not None:
-            self.consumer.call_ended(record.call_id)
+            with contextlib.suppress(Exception):
+                self.consumer.call_ended(record.call_id)
 
     def _release_media(self, record: _Record) -> None:
         self._stop_play(record)
@@ -593,6 +619,11 @@ class SipEngine:
         record.agent_audio = None
 
     def _play(self, record: _Record, wav: str) -> None:
+        if record.bridged:
+            self._emit(
+                "error", call_id=record.call_id, message="cannot play: the caller is with an agent"
+            )
+            return
         if record.audio is None or not record.answered:
             record.pending_wav = wav  # plays as soon as the call has audio
             return
@@ -629,8 +660,9 @@ class SipEngine:
     def _transfer(self, record: _Record, cmd: Transfer) -> None:
         if not record.answered or record.transfer_mode is not None:
             why = "the call is not answered" if not record.answered else "a transfer is under way"
-            self._emit("agent_failed", call_id=record.call_id, status=0, reason=why)
+            self._emit("error", call_id=record.call_id, message=f"cannot transfer: {why}")
             return
+        record.agent_deadline = time.monotonic() + cmd.ring_timeout
         record.transfer_mode = cmd.mode
         record.agent_ringing = record.agent_answered = False
         if cmd.mode == "refer":
@@ -684,6 +716,21 @@ class SipEngine:
                     status=ci.lastStatusCode,
                     reason=ci.lastReason,
                 )
+
+    def _give_up_transfer(self, record: _Record) -> None:
+        """No agent within the transfer's ring timeout (or no final NOTIFY): the caller
+        stays with the bot."""
+        if record.transfer_mode == "bridge" and record.agent is not None:
+            agent, record.agent = record.agent, None
+            with contextlib.suppress(pj.Error):
+                agent.hangup(pj.CallOpParam(True))  # CANCEL; its DISCONNECTED is ignored
+        record.transfer_mode = None
+        self._emit(
+            "agent_failed",
+            call_id=record.call_id,
+            status=408,
+            reason="agent did not answer in time",
+        )
 
     def _bridge(self, record: _Record) -> None:
         if record.bridged or record.audio is None or record.agent_audio is None:

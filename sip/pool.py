@@ -54,6 +54,7 @@ ACK_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 RESTART_DELAY = 0.5
 FINAL_EVENTS = frozenset({"failed", "hangup", "refused"})
+_CLOSED = "_pool_closed"
 
 
 class PoolError(Exception):
@@ -85,6 +86,7 @@ class PoolConfig:
     tcp: bool = True
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    tls_port: int = 0  # line i listens for TLS on tls_port + i (0: any free port)
     log_level: int = 0
     measure_audio: bool = False
 
@@ -98,7 +100,7 @@ class PoolConfig:
             tcp=self.tcp,
             tls_cert_file=self.tls_cert_file,
             tls_key_file=self.tls_key_file,
-            tls_port=None,
+            tls_port=self.tls_port + index if self.tls_port else None,
             codecs=list(self.codecs),
             inbound_reject_status=self.inbound_reject_status,
             trunks=list(self.trunks),
@@ -122,6 +124,7 @@ class _Line:
     alive: bool = False
     sip_port: int = 0
     restarts: int = 0
+    restarting: bool = False
 
     @property
     def name(self) -> str:
@@ -140,6 +143,7 @@ class LinePool:
         self._lines = [_Line(i, config.line_config(i)) for i in range(config.lines)]
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._call_line: dict[str, _Line] = {}
+        self._dialing: set[str] = set()
         self._closing = False
         self._restarting: set[asyncio.Task[None]] = set()
 
@@ -175,7 +179,11 @@ class LinePool:
         self._send(line, Configure(line=line.config))
         try:
             ready = await asyncio.wait_for(asyncio.shield(line.ready), START_TIMEOUT)
-        except TimeoutError:
+        except (TimeoutError, PoolError) as exc:
+            if line.process.returncode is None:  # never leave a half-started line behind
+                line.process.kill()
+            if isinstance(exc, PoolError):
+                raise
             raise PoolError(f"{line.name} did not start within {START_TIMEOUT:.0f} s") from None
         line.sip_port = int(ready["sip_port"])
         line.alive = True
@@ -194,6 +202,7 @@ class LinePool:
                 if line.process.stdin is not None:
                     line.process.stdin.close()
         await asyncio.gather(*(self._wait_exit(line) for line in self._lines))
+        self._events.put_nowait({"event": _CLOSED})
 
     async def _wait_exit(self, line: _Line) -> None:
         process = line.process
@@ -239,8 +248,23 @@ class LinePool:
         """Place a call; returns the name of the line carrying it."""
         if self._closing:
             raise PoolError("the pool is shutting down")
-        if call_id in self._call_line:
+        if call_id in self._call_line or call_id in self._dialing:
             raise DialRefused(f"call {call_id!r} is already up")
+        self._dialing.add(call_id)
+        try:
+            return await self._place(call_id, to, trunk, ring_timeout, caller_id, headers)
+        finally:
+            self._dialing.discard(call_id)
+
+    async def _place(
+        self,
+        call_id: str,
+        to: str,
+        trunk: str,
+        ring_timeout: float,
+        caller_id: str | None,
+        headers: dict[str, str] | None,
+    ) -> str:
         command = Dial(
             call_id=call_id,
             to=to,
@@ -259,20 +283,23 @@ class LinePool:
             future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
             line.acks[call_id] = future
             line.pending += 1
-            self._call_line[call_id] = line
-            line.calls.add(call_id)
             try:
                 self._send(line, command)
                 async with asyncio.timeout(ACK_TIMEOUT):
                     reply = await future
             except TimeoutError:
-                reply = {"event": "refused", "reason": f"{line.name} did not answer", "retry": True}
+                # It may still place the call later: a line that does not answer within
+                # ACK_TIMEOUT is broken. Kill it (its calls are reported interrupted, a new
+                # line starts) rather than risk the same call on two lines.
+                log.error("line did not acknowledge a dial; killing it", line=line.name)
+                if line.process is not None and line.process.returncode is None:
+                    line.process.kill()
+                raise DialRefused(f"call {call_id!r}: {line.name} did not answer") from None
             finally:
                 line.pending -= 1
                 line.acks.pop(call_id, None)
             if reply["event"] == "accepted":
                 return line.name
-            self._forget(line, call_id)
             if not reply.get("retry"):
                 raise DialRefused(f"call {call_id!r}: {reply.get('reason', 'refused')}")
 
@@ -285,10 +312,12 @@ class LinePool:
     async def stop_play(self, call_id: str) -> None:
         self._send(self._carrier(call_id), StopPlay(call_id=call_id))
 
-    async def transfer(self, call_id: str, agent_uri: str, mode: str = "bridge") -> None:
+    async def transfer(
+        self, call_id: str, agent_uri: str, mode: str = "bridge", ring_timeout: float = 30.0
+    ) -> None:
         self._send(
             self._carrier(call_id),
-            Transfer(call_id=call_id, agent_uri=agent_uri, mode=mode),
+            Transfer(call_id=call_id, agent_uri=agent_uri, mode=mode, ring_timeout=ring_timeout),
         )
 
     def _carrier(self, call_id: str) -> _Line:
@@ -324,7 +353,11 @@ class LinePool:
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Every event of every line, in arrival order, until the pool is closed."""
         while True:
-            yield await self._events.get()
+            event = await self._events.get()
+            if event.get("event") == _CLOSED:
+                self._events.put_nowait(event)  # for any other reader
+                return
+            yield event
 
     async def next_event(self, within: float | None = None) -> dict[str, Any]:
         """The next event; TimeoutError if none comes ``within`` seconds."""
@@ -344,7 +377,8 @@ class LinePool:
                 continue
             self._on_event(line, message)
         await process.wait()
-        self._on_exit(line, process.returncode)
+        if process is line.process:  # not an old process a restart already replaced
+            self._on_exit(line, process.returncode)
 
     def _on_event(self, line: _Line, message: dict[str, Any]) -> None:
         name = message["event"]
@@ -356,7 +390,11 @@ class LinePool:
                 line.ready.set_result(message)
             return
         if name in ("accepted", "refused") and call_id in line.acks:
-            line.acks[call_id].set_result(message)
+            if name == "accepted":  # from now on the call is this line's
+                line.calls.add(call_id)
+                self._call_line[call_id] = line
+            if not line.acks[call_id].done():
+                line.acks[call_id].set_result(message)
             if name == "refused":
                 return  # dial() decides: another line, or an error to its caller
         if name == "error" and line.ready is not None and not line.ready.done():
@@ -384,8 +422,8 @@ class LinePool:
             if self._call_line.get(call_id) is line:
                 del self._call_line[call_id]
         line.calls.clear()
-        if self._closing:
-            return
+        if self._closing or line.restarting:
+            return  # a restart loop is already at work on this line
         log.error("line died; starting a replacement", line=line.name, exit_code=code)
         self._events.put_nowait(
             {"v": 1, "event": "line_died", "line": line.name, "exit_code": code, "at": now}
@@ -395,19 +433,23 @@ class LinePool:
         task.add_done_callback(self._restarting.discard)
 
     async def _restart(self, line: _Line) -> None:
-        while not self._closing:
-            await asyncio.sleep(RESTART_DELAY * min(2**line.restarts, 60))
-            line.restarts += 1
-            try:
-                await self._start(line)
-            except (PoolError, OSError) as exc:
-                log.error("line restart failed", line=line.name, error=str(exc))
-                continue
-            line.restarts = 0
-            self._events.put_nowait(
-                {"v": 1, "event": "line_restarted", "line": line.name, "at": time.time()}
-            )
-            return
+        line.restarting = True
+        try:
+            while not self._closing:
+                await asyncio.sleep(RESTART_DELAY * min(2**line.restarts, 60))
+                line.restarts += 1
+                try:
+                    await self._start(line)
+                except (PoolError, OSError) as exc:
+                    log.error("line restart failed", line=line.name, error=str(exc))
+                    continue
+                line.restarts = 0
+                self._events.put_nowait(
+                    {"v": 1, "event": "line_restarted", "line": line.name, "at": time.time()}
+                )
+                return
+        finally:
+            line.restarting = False
 
 
 __all__ = [

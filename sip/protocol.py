@@ -30,7 +30,7 @@ slots after the event::
                                                                 monotonic (CLOCK_MONOTONIC) s
     failed          {"call_id", "status", "reason", "by": "local|remote", "timeout": bool}
                                                                 ended without an answer
-    hangup          {"call_id", "by": "local|remote|transfer", "status", "reason",
+    hangup          {"call_id", "by": "local|remote|transfer", "status", "reason", "cause"?,
                      "rx_frames"?, "rx_voiced"?}                an answered call ended
                                                                 (rx_*: frames of the callee's
                                                                 audio the tap saw, when tapped)
@@ -48,6 +48,7 @@ slots after the event::
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -68,6 +69,21 @@ class _Message(BaseModel):
 # -- configuration carried by `configure` --------------------------------------------------
 
 
+_TOKEN = re.compile(r"^[A-Za-z0-9!%*_+`'~.-]{1,64}$")
+_VALUE = re.compile(r"^[\x20-\x7e\t]{0,512}$")
+
+
+def check_headers(headers: dict[str, str]) -> dict[str, str]:
+    """SIP header names are tokens; values are printable ASCII without CR/LF (no header
+    injection into the INVITE)."""
+    for name, value in headers.items():
+        if not _TOKEN.match(name):
+            raise ValueError(f"bad SIP header name {name!r}")
+        if not _VALUE.match(value):
+            raise ValueError(f"bad value for SIP header {name}: printable ASCII, no line breaks")
+    return headers
+
+
 class TrunkConfig(BaseModel):
     """A SIP trunk: the platform's own or a customer's own."""
 
@@ -84,6 +100,11 @@ class TrunkConfig(BaseModel):
     register_expires: int = Field(default=300, ge=60, le=86_400)
     caller_id: str | None = None  # default From user
     headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _safe_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_headers(value)
 
     @field_validator("uri", "outbound_proxy")
     @classmethod
@@ -129,6 +150,11 @@ class Dial(_Message):
     caller_id: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("headers")
+    @classmethod
+    def _safe_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_headers(value)
+
 
 class Hangup(_Message):
     cmd: Literal["hangup"] = "hangup"
@@ -152,6 +178,7 @@ class Transfer(_Message):
     call_id: str
     agent_uri: str
     mode: Literal["bridge", "refer"] = "bridge"
+    ring_timeout: float = Field(default=30.0, gt=0, le=600)  # then agent_failed 408
 
 
 class Shutdown(_Message):

@@ -193,6 +193,7 @@ class _SimCall(pj.Call):  # type: ignore[misc]
     def onCallTransferRequest(self, prm: Any) -> None:
         new = _SimCall(self.sim, self.sim._account, -1, self.user, "transferred")
         self.sim._live.add(new)
+        self.sim._by_serial[new.serial] = new
         prm.newCall = new
         self.sim._report("transferred", self, target=prm.dstUri)
 
@@ -228,7 +229,8 @@ class SimFarm:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._serials = itertools.count(1)
-        self._timers: list[tuple[float, int, str, _SimCall]] = []
+        self._timers: list[tuple[float, int, str, int]] = []  # (due, tie, action, serial)
+        self._by_serial: dict[int, _SimCall] = {}
         self._tie = itertools.count()
         self._live: set[_SimCall] = set()
         self._retired: list[_SimCall] = []
@@ -276,14 +278,7 @@ class SimFarm:
             acfg.mediaConfig.lockCodecEnabled = False
             self._account = _Account(self)
             self._account.create(acfg, True)
-            fmt = pj.MediaFormatAudio()
-            fmt.type = pj.PJMEDIA_TYPE_AUDIO
-            fmt.init(pj.PJMEDIA_FORMAT_PCM, 16000, 1, 20_000, 16)
-            for n in range(MAX_CALLS):
-                meter = _Meter()
-                meter.createPort(f"meter{n}", fmt)
-                self._meters.append(meter)
-            self._idle_meters = list(self._meters)
+            self._create_meters()
         except BaseException as exc:
             self._error = exc
             if ep is not None:  # on this thread, or pjlib aborts the process at exit
@@ -300,6 +295,17 @@ class SimFarm:
         finally:
             self._shutdown(ep)
 
+    def _create_meters(self) -> None:
+        """In its own frame: a loop variable must not keep a port alive past libDestroy."""
+        fmt = pj.MediaFormatAudio()
+        fmt.type = pj.PJMEDIA_TYPE_AUDIO
+        fmt.init(pj.PJMEDIA_FORMAT_PCM, 16000, 1, 20_000, 16)
+        for n in range(MAX_CALLS):
+            meter = _Meter()
+            meter.createPort(f"meter{n}", fmt)
+            self._meters.append(meter)
+        self._idle_meters = list(self._meters)
+
     def _turn(self) -> None:
         self._retired.clear()
         collect_like_python()
@@ -309,9 +315,10 @@ class SimFarm:
                     self._stopping = True
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
-            _, _, action, call = heapq.heappop(self._timers)
-            if call.ended:
-                continue
+            _, _, action, serial = heapq.heappop(self._timers)
+            call = self._by_serial.get(serial)
+            if call is None or call.ended:
+                continue  # gone: never touch a Call object whose slot may be reused
             with contextlib.suppress(pj.Error):
                 if action == "answer":
                     call.answer(_op(200))
@@ -320,13 +327,16 @@ class SimFarm:
                     call.hangup(_op(0))
 
     def _later(self, seconds: float, action: str, call: _SimCall) -> None:
-        heapq.heappush(self._timers, (time.monotonic() + seconds, next(self._tie), action, call))
+        heapq.heappush(
+            self._timers, (time.monotonic() + seconds, next(self._tie), action, call.serial)
+        )
 
     def _on_incoming(self, pj_call_id: int, invite: str) -> None:
         match = REQUEST_USER.search(invite.encode(errors="replace"))
         user = match.group(1).decode() if match else ""
         call = _SimCall(self, self._account, pj_call_id, user, "callee")
         self._live.add(call)  # keep it until DISCONNECTED (a dropped local answers 603)
+        self._by_serial[call.serial] = call
         behaviour = self.plan.behaviour(user)
         call.behaviour = behaviour
         headers = _headers(invite)
@@ -370,6 +380,7 @@ class SimFarm:
             elif call.behaviour is not None and call.behaviour.reject is None:
                 self._report("ended", call, by="remote", status=ci.lastStatusCode, talked=0,
                              rx_frames=0, voiced_frames=0, role=call.role)  # fmt: skip
+            self._by_serial.pop(call.serial, None)
             if call in self._live:
                 self._live.discard(call)
                 self._retired.append(call)
@@ -416,6 +427,7 @@ class SimFarm:
         self._account = None
         with contextlib.suppress(pj.Error):
             account.shutdown()
+        self._by_serial.clear()
         destroy_endpoint(ep, self._live, self._retired, self._meters, self._idle_meters, [account])
 
     def _hang_up_all(self, ep: Any) -> None:

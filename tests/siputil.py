@@ -245,6 +245,7 @@ class SimProcess:
                 self._changed.wait(remaining)
 
     def stop(self) -> None:
+        """SIGTERM; the simulator must shut down cleanly (exit 0, no pjlib abort)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -252,3 +253,4 @@ class SimProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        assert self.process.returncode == 0, f"dialer sim exited with {self.process.returncode}"

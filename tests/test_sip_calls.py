@@ -255,8 +255,24 @@ async def test_tls_transport_when_a_certificate_is_configured(
     certificate: tuple[Path, Path],
 ) -> None:
     cert, key = certificate
-    async with pool_of(tls_cert_file=str(cert), tls_key_file=str(key)) as pool:
-        ready = pool._lines[0].ready
-        assert ready is not None
-        info = ready.result()
-    assert info["transports"] == ["udp", "tcp", "tls"] and info["tls_port"] > 0
+    async with pool_of(tls_cert_file=str(cert), tls_key_file=str(key), lines=2) as pool:
+        infos = [line.ready.result() for line in pool._lines if line.ready is not None]
+    ports = {info["sip_port"] for info in infos}
+    tls_ports = {info["tls_port"] for info in infos}
+    assert all(info["transports"] == ["udp", "tcp", "tls"] for info in infos)
+    assert len(tls_ports) == 2 and not tls_ports & ports  # never a neighbour's SIP port
+
+
+async def test_a_line_that_stops_answering_is_killed_not_doubled(tmp_path: Path) -> None:
+    with sipps(Sipp("uas_answer", tmp_path, sets={"ring_ms": 0, "talk_ms": 300})) as (uas,):
+        async with pool_of(trunk("main", uas.uri), lines=2) as pool:
+            frozen = pool._lines[0]
+            os.kill(frozen.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+            with pytest.raises(DialRefused, match="did not answer"):
+                await pool.dial("c1", "+15550001", "main")  # line0 is preferred: equal room
+            await events_until(pool, None, {"line_restarted"})
+            assert await pool.dial("c2", "+15550002", "main") in ("line0", "line1")
+            events = await events_until(pool, "c2", FINAL)
+        uas.stop()
+    assert events[-1]["event"] == "hangup"
+    assert len(uas.received("INVITE")) == 1  # c1 never left the frozen line

@@ -109,3 +109,14 @@ async def test_a_line_without_configure_exits_with_an_error() -> None:
     out, _ = await asyncio.wait_for(line.communicate(b'{"v": 1, "cmd": "shutdown"}\n'), 15)
     assert json.loads(out)["message"] == "the first command must be configure"
     assert line.returncode == 2
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-A": "ok\r\nVia: evil"}, {"Bad Name": "x"}, {"X-A": "\ud800"}, {"X-A": "caf\u00e9"}],
+)
+def test_header_injection_is_refused(headers: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="bad"):
+        Dial(call_id="c1", to="1", trunk="t", headers=headers)
+    with pytest.raises(ValueError, match="bad"):
+        TrunkConfig(name="t", uri="sip:h", headers=headers)

@@ -85,3 +85,38 @@ async def test_refer_failure_keeps_the_caller_with_the_bot(tmp_path: Path) -> No
         assert callee.wait(10) == 0, callee.error_text()
     assert names(failed) == ["agent_failed"] and failed[0]["status"] == 486
     assert end[-1]["event"] == "hangup" and end[-1]["by"] == "local"
+
+
+async def test_a_refer_from_the_callee_is_declined(tmp_path: Path) -> None:
+    """Toll fraud guard: the far end cannot make the line dial anything."""
+    with sipps(Sipp("uas_refer_us", tmp_path)) as (callee,):
+        async with pool_of(trunk("main", callee.uri)) as pool:
+            await pool.dial("c1", "+15550001", "main")
+            await events_until(pool, "c1", {"answered"})
+            declined = await events_until(pool, "c1", {"error"})
+            await pool.hangup("c1")
+            await events_until(pool, "c1", FINAL)
+        assert callee.wait(10) == 0, callee.error_text()  # it got 603, then our BYE
+    assert "declined a REFER" in declined[-1]["message"]
+    assert len(callee.received("INVITE")) == 1  # no call to the REFER target
+
+
+async def test_agent_ring_timeout_and_one_transfer_at_a_time(tmp_path: Path) -> None:
+    with sipps(
+        Sipp("uas_answer", tmp_path, sets={"ring_ms": 0, "talk_ms": 0}),
+        Sipp("uas_noanswer", tmp_path),
+    ) as (caller, silent_agent):
+        async with pool_of(trunk("main", caller.uri)) as pool:
+            await pool.dial("c1", "+15550001", "main")
+            await events_until(pool, "c1", {"answered"})
+            agent = f"sip:agent@127.0.0.1:{silent_agent.port}"
+            await pool.transfer("c1", agent, "bridge", ring_timeout=1.5)
+            await pool.transfer("c1", agent, "bridge")
+            second = await events_until(pool, "c1", {"error"})
+            gave_up = await events_until(pool, "c1", {"agent_failed"})
+            await pool.hangup("c1")
+            await events_until(pool, "c1", FINAL)
+        assert silent_agent.wait(10) == 0, silent_agent.error_text()  # it got our CANCEL
+        assert caller.wait(10) == 0
+    assert "a transfer is under way" in second[-1]["message"]
+    assert gave_up[-1]["status"] == 408
