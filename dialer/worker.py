@@ -351,8 +351,26 @@ class Worker:
             session = self.sessions.get(event.get("call_id", ""))
             if session is not None:
                 session.events.put_nowait(event)
-            elif event["event"] in ("inbound_rejected", "line_died", "registration"):
+            elif event["event"] == "inbound_rejected":
+                try:
+                    await self._record_inbound(event)
+                except Exception:  # never let one record stop the routing of all calls
+                    log.exception("could not record an inbound call")
+            elif event["event"] in ("line_died", "registration"):
                 log.info(event["event"], **{k: v for k, v in event.items() if k != "event"})
+
+    async def _record_inbound(self, event: dict[str, Any]) -> None:
+        """Campaign bots take no calls: the line refused it; it is recorded, never billed."""
+        at = wall(float(event.get("at") or time.time()))
+        cdr = {
+            "call_id": f"in-{uuid.uuid4().hex[:12]}", "account": "",
+            "phone": str(event.get("from", ""))[:64],
+            "direction": "inbound", "trunk_kind": "", "invite_at": at, "ended_at": at,
+            "sip_status": event.get("status"), "disposition": Disposition.INBOUND_REJECTED.value,
+            "hangup_by": "local", "line": event.get("line"),
+        }  # fmt: skip
+        log.info("inbound call rejected", caller=cdr["phone"], status=cdr["sip_status"])
+        await self.db.run(lambda conn: store.write_call(conn, cdr))
 
     async def _run_session(self, session: Session) -> None:
         log_ = log.bind(call_id=session.call_id, campaign=session.campaign.name,

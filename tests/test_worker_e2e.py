@@ -34,6 +34,15 @@ from dialer.worker import Worker
 from sip.pool import LinePool, PoolConfig
 
 T, S = Counter.TELEPHONY, Counter.SPEECH
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def wait_until(condition: Any, within: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -233,3 +242,60 @@ async def test_running_out_mid_call(db_url: str, tmp_path: Path, voice: Path) ->
                for e in sim.events if e["event"] == "incoming"]  # fmt: skip
     assert len(invites) == 4 and all(at < exhausting for at in invites)
     assert ENTRY is not None
+
+
+async def test_sigterm_drain_and_inbound_calls(db_url: str, tmp_path: Path, voice: Path) -> None:
+    """Stopping: no new calls; calls up get until the drain deadline, then are hung up and
+    settled (billed, CDR written, contact released). An inbound INVITE is recorded."""
+    numbers = [f"+1415555{5000 + n}" for n in range(6)]
+    plan = "".join(f'[numbers."{n}"]\nring = 0.2\ntalk = 60\nplay = "{voice}"\n\n' for n in numbers)
+    with simulator(tmp_path, plan) as sim:
+        async with Database(db_url) as database:
+            ledger = Ledger(database)
+            await setup_account(database, ledger, sim, "platform", 10)
+            await make_campaign(database, tmp_path, "spring", "main", [f"{n}," for n in numbers],
+                                max_concurrent=2, cps=10)  # fmt: skip
+            await change_state(database, ledger.tariff, "spring", Action.START)
+            rows = await database.run(store.trunks_in_use, write=False)
+            config = PoolConfig(
+                lines=1, sip_port=0, rtp_port=rtp_base(), trunks=trunk_configs(rows)
+            )
+            stop = asyncio.Event()
+            async with LinePool(config) as pool:
+                worker = Worker(database, ledger, pool, assets=Path(".test-assets"),
+                                trunks={r.name: r for r in rows})  # fmt: skip
+                task = asyncio.create_task(worker.run(stop, drain_seconds=1.0))
+                sessions = worker.sessions
+                await wait_until(
+                    lambda: (
+                        len(sessions) == 2
+                        and all(s.meter.answered_at_ms is not None for s in sessions.values())
+                    )
+                )
+                await asyncio.sleep(2)
+                caller = await asyncio.create_subprocess_exec(
+                    "sipp", "-sf", str(ROOT / "scripts" / "sipp" / "uac_inbound_603.xml"),
+                    "-i", "127.0.0.1", "-p", "0", "-m", "1", "-nostdin", "-timeout", "10s",
+                    f"127.0.0.1:{pool.sip_ports[0]}",
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                    cwd=ROOT,
+                )  # fmt: skip
+                assert await caller.wait() == 0
+                await asyncio.sleep(0.5)
+                stop.set()
+                await asyncio.wait_for(task, 30)
+            calls = await database.run(lambda c: store.calls_of(c, 1), write=False)
+            inbound = await database.run(
+                lambda c: c.execute(
+                    select(store.CALL).where(store.CALL.c.direction == "inbound")
+                ).all(),
+                write=False,
+            )
+            status = await campaign_status(database, "spring")
+    assert len(calls) == 2  # nothing new after the stop
+    for call in calls:
+        assert call.disposition == "answered" and call.hangup_by == "local"
+        assert call.billed_telephony_seconds == 15  # ~3.5 s, settled at the hangup
+    assert status["contacts"]["in_progress"] == 0 and status["contacts"]["done"] == 2
+    assert len(inbound) == 1 and inbound[0].disposition == "inbound_rejected"
+    assert inbound[0].billed_telephony_seconds == inbound[0].billed_speech_seconds == 0
