@@ -139,6 +139,9 @@ class Worker:
         self.trunks = trunks or {}
         self.ring_timeout = ring_timeout
         self.sessions: dict[str, Session] = {}
+        self.billing_lag: list[float] = []  # answered event -> first debit committed (s)
+        self.exhausted_with_calls_up: list[int] = []
+        self._exhaustions: dict[str, int] = {}  # per account: EXHAUSTED signals seen
         self.campaigns: dict[int, CampaignView] = {}
         self.trunk_buckets: dict[str, TokenBucket] = {}
         self._stopping = False
@@ -246,14 +249,19 @@ class Worker:
                 LEASE_SECONDS, is_open, next_open,
             )  # fmt: skip
 
+        seen = self._exhaustions.get(row.account, 0)
         result = await self.db.run(claim)
         if not result.gate_open:
             log.warning("balance gate closed", account=row.account, reason=result.gate_reason)
             await self._pause_account(row.account)
             return
         for n, contact in enumerate(result.contacts):
-            if not await self._dial(view, contact):
-                rest = [c.contact_id for c in result.contacts[n + 1 :]]  # the pool is full
+            # A debit of a call up may exhaust the balance while this batch is dialled:
+            # then not one more INVITE (the claim's gate was read before it).
+            exhausted = self._exhaustions.get(row.account, 0) != seen
+            if exhausted or not await self._dial(view, contact):
+                # give back the ones not dialled (a refused dial gave its own back)
+                rest = [c.contact_id for c in result.contacts[n if exhausted else n + 1 :]]
 
                 def give_back(conn: Connection, rest: list[int] = rest) -> None:
                     for contact_id in rest:
@@ -322,6 +330,8 @@ class Worker:
 
     async def _on_signal(self, signal: BalanceSignal) -> None:
         if signal.kind is SignalKind.EXHAUSTED:
+            self._exhaustions[signal.account] = self._exhaustions.get(signal.account, 0) + 1
+            self.exhausted_with_calls_up.append(len(self.sessions))
             await self._pause_account(signal.account)
         else:
             self._paused_accounts.discard(signal.account)
@@ -402,6 +412,7 @@ class Worker:
                 elif name == "answered":
                     session.cdr["answered_at"] = wall(at)
                     await self._debit(session, session.meter.answered(at))
+                    self.billing_lag.append(time.time() - at)
                     log_.info("answered")
                     with contextlib.suppress(PoolError):
                         await self.pool.play(session.call_id, self.greeting)
