@@ -141,6 +141,7 @@ class Worker:
         self.sessions: dict[str, Session] = {}
         self.billing_lag: list[float] = []  # answered event -> first debit committed (s)
         self.exhausted_with_calls_up: list[int] = []
+        self.exhausted_at: list[float] = []
         self._exhaustions: dict[str, int] = {}  # per account: EXHAUSTED signals seen
         self.campaigns: dict[int, CampaignView] = {}
         self.trunk_buckets: dict[str, TokenBucket] = {}
@@ -332,6 +333,7 @@ class Worker:
         if signal.kind is SignalKind.EXHAUSTED:
             self._exhaustions[signal.account] = self._exhaustions.get(signal.account, 0) + 1
             self.exhausted_with_calls_up.append(len(self.sessions))
+            self.exhausted_at.append(time.time())  # after the exhausting debit committed
             await self._pause_account(signal.account)
         else:
             self._paused_accounts.discard(signal.account)

@@ -299,3 +299,34 @@ async def test_sigterm_drain_and_inbound_calls(db_url: str, tmp_path: Path, voic
     assert status["contacts"]["in_progress"] == 0 and status["contacts"]["done"] == 2
     assert len(inbound) == 1 and inbound[0].disposition == "inbound_rejected"
     assert inbound[0].billed_telephony_seconds == inbound[0].billed_speech_seconds == 0
+
+
+async def test_no_invite_leaves_after_the_exhausting_debit(db_url: str, tmp_path: Path) -> None:
+    """Calls answered at once, 16 slots, 1 minute of speech: the answers exhaust the
+    balance while the worker is still dialling a claimed batch; no dial may be decided
+    after the exhausting debit committed, and the callee sees no INVITE beyond those."""
+    from siputil import Sipp, sipps
+
+    with sipps(Sipp("uas_answer", tmp_path, calls=100, sets={"ring_ms": 0, "talk_ms": 2000})) as (
+        uas,
+    ):
+        async with Database(db_url) as database:
+            ledger = Ledger(database)
+            await ledger.create_account("acme")
+            await ledger.buy_package("acme", S, 1)
+            await add_trunk(database, name="main", account="acme", kind="customer",
+                            uri=uas.uri, channels=16, cps=100)  # fmt: skip
+            numbers = [f"+1415555{6000 + n}" for n in range(40)]
+            await make_campaign(database, tmp_path, "spring", "main", [f"{n}," for n in numbers],
+                                max_concurrent=16, cps=100)  # fmt: skip
+            await change_state(database, ledger.tariff, "spring", Action.START)
+            async with running_worker(database, ledger, lines=4) as worker:
+                await wait_for_state(database, "spring", {"paused"}, 30)
+                await asyncio.sleep(4)
+            calls = await database.run(lambda c: store.calls_of(c, 1), write=False)
+            status = await campaign_status(database, "spring")
+    exhausted = datetime.fromtimestamp(worker.exhausted_at[0], UTC).replace(tzinfo=None)
+    decided = [c.invite_at for c in calls]
+    assert decided and max(decided) <= exhausted
+    assert len(uas.received("INVITE")) == len(calls) < 16  # the batch was cut short
+    assert status["contacts"]["in_progress"] == 0  # the rest of the batch was given back
