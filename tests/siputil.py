@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import socket
 import subprocess
@@ -17,7 +18,8 @@ from sip.pool import LinePool, PoolConfig
 from sip.protocol import TrunkConfig
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scripts" / "sipp"
-_next_rtp = iter(range(30000, 60000, 400))
+# a fresh RTP range per pool or simulator; 500 ports apart: room for 5 lines of 100 each
+_next_rtp = itertools.cycle(range(20000, 60000, 500))
 
 
 def free_port() -> int:
