@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from sqlalchemy import Connection, select
@@ -185,7 +186,8 @@ def campaign_status_cmd(
 
 def status_table(status: dict[str, Any]) -> Table:
     reason = f" ({status['pause_reason']})" if status["pause_reason"] else ""
-    table = Table(title=f"{status['campaign']} [{status['state']}{reason}]", show_header=False)
+    title = escape(f"{status['campaign']} [{status['state']}{reason}]")
+    table = Table(title=title, show_header=False)
     contacts, calls, billed = status["contacts"], status["calls"], status["billed_seconds"]
     table.add_row("contacts", " ".join(f"{k} {v}" for k, v in contacts.items()))
     table.add_row("calls", " ".join(f"{k} {v}" for k, v in calls.items()))

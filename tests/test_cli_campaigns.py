@@ -54,6 +54,8 @@ def test_campaign_lifecycle_and_imports(acme: Run, tmp_path: Path) -> None:
     assert status["calls"]["placed"] == 0  # type: ignore[index]
     cli("campaign", "stop", "spring")
     assert "cannot resume a campaign that is stopped" in cli.fails("campaign", "resume", "spring")
+    _, watched, _ = cli("campaign", "status", "spring", "--watch")  # ends: the campaign did
+    assert "spring [stopped]" in watched and "contacts done" in watched
     listed = cli.json("campaign", "list")
     expected = {"campaign": "spring", "account": "acme", "state": "stopped", "pause_reason": None}
     assert listed == {"campaigns": [expected]}
