@@ -29,7 +29,7 @@ import sip_pool  # noqa: E402
 from billing.ledger import Ledger  # noqa: E402
 from billing.storage import Database  # noqa: E402
 from billing.tariff import Counter  # noqa: E402
-from dialer import db, store  # noqa: E402
+from dialer import db  # noqa: E402
 from dialer.campaign_state import Action  # noqa: E402
 from dialer.campaigns import (  # noqa: E402
     CampaignSpec,
@@ -39,9 +39,7 @@ from dialer.campaigns import (  # noqa: E402
     create_campaign,
     import_contacts,
 )
-from dialer.runtime import trunk_configs  # noqa: E402
-from dialer.worker import Worker  # noqa: E402
-from sip.pool import LinePool, PoolConfig  # noqa: E402
+from dialer.runtime import running_worker  # noqa: E402
 
 UAS_PORT = 5699
 HOLD_MS = 2000
@@ -84,14 +82,10 @@ async def run_campaign(folder: Path, lines: int, contacts: int, kind: str,
     csv.write_text("phone\n" + "\n".join(f"+1415{5550000 + n:07d}"[:12] for n in range(contacts)))
     await import_contacts(database, "bulk", csv)
     await change_state(database, ledger.tariff, "bulk", Action.START)
-    rows = await database.run(store.trunks_in_use, write=False)
-    config = PoolConfig(lines=lines, sip_port=9000, rtp_port=26000, trunks=trunk_configs(rows))
     samples: list[int] = []
-    stop = asyncio.Event()
-    async with LinePool(config) as pool:
-        worker = Worker(database, ledger, pool, assets=folder, trunks={r.name: r for r in rows})
-        started = time.monotonic()
-        task = asyncio.create_task(worker.run(stop, drain_seconds=10))
+    started = time.monotonic()
+    async with running_worker(database, ledger, lines=lines, sip_port=9000, rtp_port=26000,
+                              assets=folder, drain_seconds=10) as worker:  # fmt: skip
         while True:
             samples.append(len(worker.sessions))
             status = await campaign_status(database, "bulk")
@@ -99,8 +93,6 @@ async def run_campaign(folder: Path, lines: int, contacts: int, kind: str,
                 break
             await asyncio.sleep(0.2)
         elapsed = time.monotonic() - started
-        stop.set()
-        await task
     entries = await ledger.entries("bench")
     status = await campaign_status(database, "bulk")
     await database.dispose()

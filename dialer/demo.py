@@ -23,7 +23,6 @@ import tempfile
 import time
 import wave
 from collections import Counter as Tally
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +47,7 @@ from dialer.campaigns import (
     import_contacts,
 )
 from dialer.config import Settings
-from dialer.runtime import trunk_configs
-from dialer.worker import Worker
-from sip.pool import LinePool, PoolConfig
+from dialer.runtime import running_worker
 
 RING_TIMEOUT = 5.0
 
@@ -234,32 +231,17 @@ async def _run(cfg: Settings, database: Database, folder: Path, out: Console) ->
             " contacts: sales on the platform trunk, support on the customer's own trunk"
             " (with transfers to a human agent)"
         )
-        async with _worker(database, ledger) as stop:
-            await _watch(database, ledger, account, list(campaigns), story, out, stop)
+        async with running_worker(database, ledger, lines=3, rtp_port=32000,
+                                  ring_timeout=RING_TIMEOUT, drain_seconds=20):  # fmt: skip
+            await _watch(database, ledger, account, list(campaigns), story, out)
     out.rule("what happened")
     for line in story.lines:
         out.print(line)
     await _report(database, ledger, account, list(campaigns), out, time.monotonic() - started)
 
 
-@contextlib.asynccontextmanager
-async def _worker(database: Database, ledger: Ledger) -> AsyncIterator[asyncio.Event]:
-    rows = await database.run(store.trunks_in_use, write=False)
-    config = PoolConfig(lines=3, sip_port=0, rtp_port=32000, trunks=trunk_configs(rows))
-    stop = asyncio.Event()
-    async with LinePool(config) as pool:
-        worker = Worker(database, ledger, pool, trunks={r.name: r for r in rows},
-                        ring_timeout=RING_TIMEOUT)  # fmt: skip
-        task = asyncio.create_task(worker.run(stop, drain_seconds=20))
-        try:
-            yield stop
-        finally:
-            stop.set()
-            await task
-
-
 async def _watch(database: Database, ledger: Ledger, account: str, names: list[str],
-                 story: Narrator, out: Console, stop: asyncio.Event) -> None:  # fmt: skip
+                 story: Narrator, out: Console) -> None:  # fmt: skip
     resume_at: float | None = None
     with Live(console=out, refresh_per_second=4, transient=False) as live:
         while True:

@@ -1,12 +1,15 @@
-"""Assembling a running worker from the configuration: database, ledger, pool, worker."""
+"""Assembling a running worker: the trunks in use, a line pool carrying them, the worker."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from billing.ledger import Ledger
+from billing.storage import Database
 from dialer import db, store
 from dialer.config import Settings
 from dialer.worker import Worker
@@ -29,6 +32,47 @@ def trunk_configs(rows: list[Any]) -> tuple[TrunkConfig, ...]:
     )
 
 
+@contextlib.asynccontextmanager
+async def running_worker(
+    database: Database,
+    ledger: Ledger,
+    *,
+    lines: int,
+    sip_port: int = 0,
+    rtp_port: int = 20000,
+    bind_address: str = "127.0.0.1",
+    ring_timeout: float = 30.0,
+    drain_seconds: float = 30.0,
+    assets: Path | None = None,
+) -> AsyncIterator[Worker]:
+    """A worker dialling until the block ends; leaving it stops the worker gracefully
+    (no new calls, calls up get ``drain_seconds``, then are hung up and settled)."""
+    rows = await database.run(store.trunks_in_use, write=False)
+    config = PoolConfig(
+        lines=lines,
+        bind_address=bind_address,
+        sip_port=sip_port,
+        rtp_port=rtp_port,
+        trunks=trunk_configs(rows),
+    )
+    stop = asyncio.Event()
+    async with LinePool(config) as pool:
+        worker = Worker(
+            database,
+            ledger,
+            pool,
+            assets=assets,
+            trunks={r.name: r for r in rows},
+            ring_timeout=ring_timeout,
+        )
+        task = asyncio.create_task(worker.run(stop, drain_seconds))
+        try:
+            yield worker
+        finally:
+            stop.set()
+            await task
+
+
 async def run_worker(
     cfg: Settings,
     stop: asyncio.Event,
@@ -36,23 +80,20 @@ async def run_worker(
     lines: int | None = None,
     sip_port: int | None = None,
     drain_seconds: float = 30.0,
-    assets: Path | None = None,
 ) -> None:
+    """`dialer worker`: until ``stop`` (SIGTERM) is set."""
     database = await db.open_database(cfg.database.url)
     try:
         ledger = Ledger(database, cfg.billing.make_tariff())
-
-        rows = await database.run(store.trunks_in_use, write=False)
-        pool_config = PoolConfig(
+        async with running_worker(
+            database,
+            ledger,
             lines=lines or cfg.sip.lines,
-            bind_address=cfg.sip.bind_address,
             sip_port=cfg.sip.port if sip_port is None else sip_port,
             rtp_port=cfg.sip.rtp_port_base,
-            trunks=trunk_configs(rows),
-        )
-        async with LinePool(pool_config) as pool:
-            worker = Worker(database, ledger, pool, assets=assets,
-                            trunks={r.name: r for r in rows})  # fmt: skip
-            await worker.run(stop, drain_seconds)
+            bind_address=cfg.sip.bind_address,
+            drain_seconds=drain_seconds,
+        ):
+            await stop.wait()
     finally:
         await database.dispose()

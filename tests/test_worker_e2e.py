@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import math
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from sqlalchemy import select
 from billing.ledger import ENTRY, Ledger
 from billing.storage import Database
 from billing.tariff import Counter
-from dialer import store
+from dialer import runtime, store
 from dialer.campaign_state import Action, CampaignStateError
 from dialer.campaigns import (
     CampaignSpec,
@@ -29,9 +29,6 @@ from dialer.campaigns import (
     create_campaign,
     import_contacts,
 )
-from dialer.runtime import trunk_configs
-from dialer.worker import Worker
-from sip.pool import LinePool, PoolConfig
 
 T, S = Counter.TELEPHONY, Counter.SPEECH
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,22 +61,9 @@ def simulator(tmp_path: Path, plan: str) -> Iterator[SimProcess]:
         sim.stop()
 
 
-@contextlib.asynccontextmanager
-async def running_worker(
-    database: Database, ledger: Ledger, lines: int = 1
-) -> AsyncIterator[Worker]:
-    rows = await database.run(lambda c: list(c.execute(select(store.TRUNK)).all()), write=False)
-    config = PoolConfig(lines=lines, sip_port=0, rtp_port=rtp_base(), trunks=trunk_configs(rows))
-    stop = asyncio.Event()
-    async with LinePool(config) as pool:
-        worker = Worker(database, ledger, pool, assets=Path(".test-assets"),
-                        trunks={r.name: r for r in rows})  # fmt: skip
-        task = asyncio.create_task(worker.run(stop, drain_seconds=5))
-        try:
-            yield worker
-        finally:
-            stop.set()
-            await task
+def running_worker(database: Database, ledger: Ledger, lines: int = 1) -> Any:
+    return runtime.running_worker(database, ledger, lines=lines, rtp_port=rtp_base(),
+                                  assets=Path(".test-assets"), drain_seconds=5)  # fmt: skip
 
 
 async def wait_for_state(database: Database, campaign: str, states: set[str],
@@ -256,15 +240,14 @@ async def test_sigterm_drain_and_inbound_calls(db_url: str, tmp_path: Path, voic
             await make_campaign(database, tmp_path, "spring", "main", [f"{n}," for n in numbers],
                                 max_concurrent=2, cps=10)  # fmt: skip
             await change_state(database, ledger.tariff, "spring", Action.START)
-            rows = await database.run(store.trunks_in_use, write=False)
-            config = PoolConfig(
-                lines=1, sip_port=0, rtp_port=rtp_base(), trunks=trunk_configs(rows)
-            )
-            stop = asyncio.Event()
-            async with LinePool(config) as pool:
-                worker = Worker(database, ledger, pool, assets=Path(".test-assets"),
-                                trunks={r.name: r for r in rows})  # fmt: skip
-                task = asyncio.create_task(worker.run(stop, drain_seconds=1.0))
+            async with runtime.running_worker(
+                database,
+                ledger,
+                lines=1,
+                rtp_port=rtp_base(),
+                assets=Path(".test-assets"),
+                drain_seconds=1.0,
+            ) as worker:
                 sessions = worker.sessions
                 await wait_until(
                     lambda: (
@@ -276,14 +259,13 @@ async def test_sigterm_drain_and_inbound_calls(db_url: str, tmp_path: Path, voic
                 caller = await asyncio.create_subprocess_exec(
                     "sipp", "-sf", str(ROOT / "scripts" / "sipp" / "uac_inbound_603.xml"),
                     "-i", "127.0.0.1", "-p", "0", "-m", "1", "-nostdin", "-timeout", "10s",
-                    f"127.0.0.1:{pool.sip_ports[0]}",
+                    f"127.0.0.1:{worker.pool.sip_ports[0]}",
                     stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
                     cwd=ROOT,
                 )  # fmt: skip
                 assert await caller.wait() == 0
                 await asyncio.sleep(0.5)
-                stop.set()
-                await asyncio.wait_for(task, 30)
+            # leaving the block stopped the worker: drained 1 s, then hung up and settled
             calls = await database.run(lambda c: store.calls_of(c, 1), write=False)
             inbound = await database.run(
                 lambda c: c.execute(
