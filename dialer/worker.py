@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import math
 import struct
+import tempfile
 import time
 import uuid
 import wave
@@ -135,7 +136,7 @@ class Worker:
         self.ledger = ledger
         self.pool = pool
         self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:8]}"
-        self.greeting = str(greeting_wav(assets or Path(".dialer-assets")))
+        self.greeting = str(greeting_wav(assets or Path(tempfile.gettempdir()) / "dialer-assets"))
         self.trunks = trunks or {}
         self.ring_timeout = ring_timeout
         self.sessions: dict[str, Session] = {}

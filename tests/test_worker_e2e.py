@@ -63,7 +63,7 @@ def simulator(tmp_path: Path, plan: str) -> Iterator[SimProcess]:
 
 def running_worker(database: Database, ledger: Ledger, lines: int = 1) -> Any:
     return runtime.running_worker(database, ledger, lines=lines, rtp_port=rtp_base(),
-                                  assets=Path(".test-assets"), drain_seconds=5)  # fmt: skip
+                                  assets=None, drain_seconds=5)  # fmt: skip
 
 
 async def wait_for_state(database: Database, campaign: str, states: set[str],
@@ -245,7 +245,7 @@ async def test_sigterm_drain_and_inbound_calls(db_url: str, tmp_path: Path, voic
                 ledger,
                 lines=1,
                 rtp_port=rtp_base(),
-                assets=Path(".test-assets"),
+                assets=None,
                 drain_seconds=1.0,
             ) as worker:
                 sessions = worker.sessions
