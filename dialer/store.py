@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from billing.ledger import account_id, gate
@@ -286,12 +286,15 @@ def write_call(conn: Connection, values: dict[str, Any]) -> None:
 
 
 def call_counts(conn: Connection, campaign_id: int) -> dict[str, int]:
-    rows = conn.execute(
-        select(CALL.c.disposition, func.count())
-        .where(CALL.c.campaign_id == campaign_id)
-        .group_by(CALL.c.disposition)
+    """Calls by outcome; a call still up counts as answered once the callee answered."""
+    outcome = case(
+        (and_(CALL.c.disposition.is_(None), CALL.c.answered_at.is_not(None)), "answered"),
+        else_=func.coalesce(CALL.c.disposition, "ringing"),
     )
-    by = {d or "in_progress": int(n) for d, n in rows}
+    rows = conn.execute(
+        select(outcome, func.count()).where(CALL.c.campaign_id == campaign_id).group_by(outcome)
+    )
+    by = {d: int(n) for d, n in rows}
     return {
         "placed": sum(by.values()),
         "answered": by.get("answered", 0),

@@ -416,6 +416,7 @@ class Worker:
                     session.cdr["answered_at"] = wall(at)
                     await self._debit(session, session.meter.answered(at))
                     self.billing_lag.append(time.time() - at)
+                    await self._save_cdr(dict(session.cdr))  # live status: calls up count
                     log_.info("answered")
                     with contextlib.suppress(PoolError):
                         await self.pool.play(session.call_id, self.greeting)
@@ -436,6 +437,12 @@ class Worker:
             raise
         finally:
             self.sessions.pop(session.call_id, None)
+
+    async def _save_cdr(self, cdr: dict[str, Any]) -> None:
+        def save(conn: Connection) -> None:
+            store.write_call(conn, cdr)
+
+        await self.db.run(save)
 
     async def _finish(self, session: Session, event: dict[str, Any], at: float) -> None:
         name = event["event"]

@@ -312,3 +312,57 @@ async def test_no_invite_leaves_after_the_exhausting_debit(db_url: str, tmp_path
     assert decided and max(decided) <= exhausted
     assert len(uas.received("INVITE")) == len(calls) < 16  # the batch was cut short
     assert status["contacts"]["in_progress"] == 0  # the rest of the batch was given back
+
+
+def test_the_worker_command_stops_gracefully_on_sigterm(tmp_path: Path, voice: Path) -> None:
+    """The operator's edge: `dialer worker` as a process, SIGTERM while calls are up."""
+    import json
+    import os
+    import signal
+    import sys
+    import time
+
+    exe = str(Path(sys.executable).with_name("dialer"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALER_")}
+    env["DIALER_DATABASE__URL"] = f"sqlite:///{tmp_path / 'w.db'}"
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    plan = f'[defaults]\nring = 0.2\ntalk = 60\nplay = "{voice}"\n'
+    with simulator(tmp_path, plan) as sim:
+        cli("db", "upgrade")
+        cli("account", "create", "acme")
+        cli("billing", "topup", "acme", "--counter", "telephony", "--minutes", "5")
+        cli("billing", "topup", "acme", "--counter", "speech", "--minutes", "5")
+        cli("trunk", "add", "main", "--account", "acme", "--kind", "platform",
+            "--uri", f"sip:127.0.0.1:{sim.port}")  # fmt: skip
+        cli("campaign", "create", "spring", "--account", "acme", "--trunk", "main",
+            "--max-concurrent", "2")  # fmt: skip
+        (tmp_path / "c.csv").write_text("phone\n+14155557001\n+14155557002\n+14155557003\n")
+        cli("campaign", "import", "spring", str(tmp_path / "c.csv"))
+        cli("campaign", "start", "spring")
+        worker = subprocess.Popen(
+            [exe, "worker", "--lines", "1", "--sip-port", "0", "--drain-seconds", "1"],
+            env=env | {"DIALER_SIP__RTP_PORT_BASE": str(rtp_base())},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while (
+                json.loads(cli("campaign", "status", "spring", "--json"))["calls"]["answered"] < 2
+            ):
+                assert time.monotonic() < deadline and worker.poll() is None
+                time.sleep(0.3)
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(30) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        status = json.loads(cli("campaign", "status", "spring", "--json"))
+        records = json.loads(cli("cdr", "export", "spring", "--format", "json"))
+    assert status["contacts"] == {"total": 3, "pending": 1, "in_progress": 0, "done": 2}
+    assert [r["hangup_by"] for r in records] == ["local", "local"]
+    assert all(r["billed_telephony_seconds"] == 15 for r in records)
