@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection
 
-from billing.ledger import account_id, gate
+from billing.ledger import ACCOUNT_NAME, account_id, gate
 from billing.period import utcnow
 from billing.storage import Database
 from billing.tariff import Tariff, TrunkKind, parse_trunk_kind
@@ -27,11 +26,10 @@ from dialer.errors import DialerError
 from dialer.retry import RetryPolicy
 from dialer.windows import CallingWindow, format_days, parse_zone
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
 
 def check_name(what: str, name: str) -> str:
-    if not NAME.match(name):
+    """Trunk and campaign names follow the account names' rule (they go into MQTT topics)."""
+    if not ACCOUNT_NAME.match(name):
         raise DialerError(f"invalid {what} name {name!r}: 1-64 letters, digits, '_', '.', '-'")
     return name
 

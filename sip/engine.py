@@ -10,7 +10,7 @@ Rules of this file (PJSUA2_NOTES.md, "Object lifetime"):
 * Python's cyclic garbage collector would run pjsua2 destructors on whatever thread
   happens to allocate (the asyncio thread: "Calling pjlib from unknown/external thread",
   an abort, measured under load). So the line disables automatic collection
-  (``start``), the SIP thread collects (``_collect``), and retired calls have their
+  (``start``), the SIP thread collects in ``_turn``, and retired calls have their
   reference cycles cut before they are dropped.
 * Media taps are a fixed pool created at start and reconnected per call (creating one
   per call crashed the media clock thread in measurements).
@@ -29,7 +29,7 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -396,18 +396,19 @@ class SipEngine:
             call.record = None
         self._retired.clear()
 
-    def _collect(self) -> None:
-        collect_like_python()
+    def _take_inbox(self) -> Iterator[Any]:
+        """What other threads queued since the last turn."""
+        while True:
+            try:
+                yield self._inbox.get_nowait()
+            except queue.Empty:
+                return
 
     def _turn(self) -> None:
         self._flush()  # what the callbacks of this poll reported
         self._drop_retired()
-        self._collect()
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                break
+        collect_like_python()
+        for item in self._take_inbox():
             try:
                 self._handle(item)
             except pj.Error as exc:
@@ -840,10 +841,6 @@ class SipEngine:
 
     def _turn_events_only(self) -> None:
         self._drop_retired()
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return
+        for item in self._take_inbox():
             if isinstance(item, tuple) and item[0] == "play_done":
                 self._play_done(item[1])
