@@ -24,6 +24,7 @@ from dialer.campaign_state import (
 from dialer.contacts import normalise_phone, parse_contacts, read_csv
 from dialer.errors import DialerError
 from dialer.retry import RetryPolicy
+from dialer.script import read_script
 from dialer.windows import CallingWindow, format_days, parse_zone
 
 
@@ -108,8 +109,10 @@ async def create_campaign(db: Database, spec: CampaignSpec) -> None:
         raise DialerError(f"retries must be >= 0, got {spec.retries}")
     if spec.agent_uri is not None and not spec.agent_uri.startswith(("sip:", "sips:")):
         raise DialerError(f"agent URI must be a sip: URI, got {spec.agent_uri!r}")
-    if spec.script is not None and not await asyncio.to_thread(Path(spec.script).is_file):
-        raise DialerError(f"script file {spec.script} does not exist")
+    script_path, script_text = None, None
+    if spec.script is not None:
+        # validated now (errors name block and line), kept as text: what was checked runs
+        script_path, script_text = await asyncio.to_thread(read_script, spec.script)
     caller = normalise_phone(spec.caller_id) if spec.caller_id else None
     retry = RetryPolicy(max_attempts=spec.retries + 1, delay_seconds=spec.retry_delay)
 
@@ -124,7 +127,8 @@ async def create_campaign(db: Database, spec: CampaignSpec) -> None:
             store.CAMPAIGN,
             {
                 "name": spec.name, "account": spec.account, "trunk_id": trunk.id,
-                "script": spec.script, "caller_id": caller, "window": str(window),
+                "script": script_path, "script_text": script_text,
+                "caller_id": caller, "window": str(window),
                 "days": format_days(window.days), "timezone": spec.timezone,
                 "max_concurrent": spec.max_concurrent, "cps": spec.cps,
                 "retry": retry.to_json(), "agent_uri": spec.agent_uri,

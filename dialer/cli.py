@@ -379,7 +379,8 @@ def _split_config(argv: list[str]) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import dialer.cli_campaigns  # noqa: F401  (registers its commands on `app`)
+    import dialer.cli_amd
+    import dialer.cli_campaigns  # noqa: F401
 
     args = list(sys.argv[1:] if argv is None else argv)
     configure_logging()  # until the configuration is read: stderr, never stdout

@@ -9,7 +9,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Float, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -37,7 +47,8 @@ class Campaign(SQLModel, table=True):
     name: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
     account: str = Field(sa_column=Column(String(64), nullable=False, index=True))
     trunk_id: int = Field(sa_column=Column(ForeignKey("dialer_trunk.id"), nullable=False))
-    script: str | None = Field(default=None, sa_column=Column(String(500)))
+    script: str | None = Field(default=None, sa_column=Column(String(500)))  # its path
+    script_text: str | None = Field(default=None, sa_column=Column(Text))  # as validated
     caller_id: str | None = Field(default=None, sa_column=Column(String(32)))
     window: str = Field(default="00:00-24:00", sa_column=Column(String(16), nullable=False))
     days: str = Field(default="mon,tue,wed,thu,fri,sat,sun", sa_column=Column(String(32)))

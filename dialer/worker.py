@@ -38,8 +38,12 @@ from billing.tariff import Counter, TrunkKind
 from dialer import store
 from dialer.campaign_state import Action, CampaignState, transition
 from dialer.campaigns import pause_for_balance, status_of
+from dialer.errors import DialerError
 from dialer.pacing import TokenBucket
 from dialer.retry import Disposition, RetryPolicy
+from dialer.script import GREETING, Say, Script, script_of
+from dialer.script_run import HangUp, LineAction, Play, ScriptRun, StartTransfer
+from dialer.tts import synthesise
 from dialer.windows import CallingWindow, parse_zone
 from sip.pool import LinePool, PoolError
 
@@ -102,6 +106,8 @@ class CampaignView:
     window: CallingWindow
     retry: RetryPolicy
     bucket: TokenBucket
+    script: Script
+    audio: dict[str, str]  # block -> WAV of its `say`
 
 
 @dataclass
@@ -118,6 +124,8 @@ class Session:
     cdr: dict[str, Any] = field(default_factory=dict)
     line: str | None = None
     task: asyncio.Task[None] | None = None
+    run: ScriptRun | None = None
+    answered_at: float | None = None
 
 
 class Worker:
@@ -136,7 +144,9 @@ class Worker:
         self.ledger = ledger
         self.pool = pool
         self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:8]}"
-        self.greeting = str(greeting_wav(assets or Path(tempfile.gettempdir()) / "dialer-assets"))
+        self.assets = assets or Path(tempfile.gettempdir()) / "dialer-assets"
+        self.greeting = str(greeting_wav(self.assets))
+        self._scripts: dict[tuple[int, str | None], tuple[Script, dict[str, str]] | None] = {}
         self.trunks = trunks or {}
         self.ring_timeout = ring_timeout
         self.sessions: dict[str, Session] = {}
@@ -188,6 +198,9 @@ class Worker:
         fresh: dict[int, CampaignView] = {}
         for row in rows:
             old = self.campaigns.get(row.id)
+            compiled = await self._script(row)
+            if compiled is None:
+                continue
             fresh[row.id] = CampaignView(
                 row=row,
                 trunk_kind=TrunkKind(row.trunk_kind),
@@ -195,9 +208,39 @@ class Worker:
                 window=CallingWindow.parse(row.window, row.days),
                 retry=RetryPolicy.from_json(row.retry),
                 bucket=old.bucket if old and old.row.cps == row.cps else TokenBucket(row.cps),
+                script=compiled[0],
+                audio=compiled[1],
             )
         self.campaigns = fresh
         self._refreshed = time.monotonic()
+
+    async def _script(self, row: Any) -> tuple[Script, dict[str, str]] | None:
+        """The campaign's script with its prompts synthesised (once per script text)."""
+        key = (row.id, row.script_text)
+        if key in self._scripts:
+            return self._scripts[key]
+        try:
+            script = script_of(row.script, row.script_text)
+            audio: dict[str, str] = {}
+            for block in script.blocks.values():
+                action = block.action
+                if isinstance(action, Say):
+                    if action.wav == GREETING:
+                        audio[block.name] = self.greeting
+                    elif action.wav is not None:
+                        audio[block.name] = action.wav
+                    elif action.text is not None:
+                        wav = await asyncio.to_thread(
+                            synthesise, action.text, action.voice or script.voice, self.assets
+                        )
+                        audio[block.name] = str(wav)
+        except DialerError as exc:
+            # refused once, logged; the campaign's other runs are not held up by it
+            log.error("campaign script unusable: not dialling", campaign=row.name, error=str(exc))
+            self._scripts[key] = None
+            return None
+        self._scripts[key] = (script, audio)
+        return script, audio
 
     async def _dial_round(self) -> None:
         if time.monotonic() - self._refreshed >= REFRESH_SECONDS:
@@ -282,6 +325,7 @@ class Worker:
             trunk_kind=view.trunk_kind,
             meter=CallMeter(self.ledger.tariff, view.trunk_kind),
             invite_at=time.time(),
+            run=ScriptRun(view.script, view.audio),
         )
         session.cdr = {
             "call_id": call_id, "campaign_id": row.id, "account": row.account,
@@ -298,6 +342,7 @@ class Worker:
                 ring_timeout=self.ring_timeout,
                 caller_id=row.caller_id,
                 headers={"X-Campaign": row.name},
+                listen=view.script.phrases(),
             )
         except PoolError as exc:
             # no INVITE left: the attempt does not count
@@ -388,17 +433,23 @@ class Worker:
     async def _run_session(self, session: Session) -> None:
         log_ = log.bind(call_id=session.call_id, campaign=session.campaign.name,
                         account=session.campaign.account)  # fmt: skip
+        run = session.run
+        assert run is not None
         transfer_at: float | None = None
         hangup_at: float | None = None
         try:
             while True:
-                deadlines = [d for d in (session.meter.next_due_at(), transfer_at, hangup_at) if d]
+                deadlines = [
+                    d for d in (session.meter.next_due_at(), transfer_at, hangup_at, run.deadline)
+                    if d
+                ]  # fmt: skip
                 timeout = max(0.0, min(deadlines) - time.time()) if deadlines else None
                 try:
                     event = await asyncio.wait_for(session.events.get(), timeout)
                 except TimeoutError:
                     now = time.time()
                     await self._debit(session, session.meter.tick(now))
+                    await self._act(session, run.timer(now), log_)
                     if transfer_at is not None and now >= transfer_at:
                         transfer_at = None
                         with contextlib.suppress(PoolError):
@@ -410,24 +461,35 @@ class Worker:
                     continue
                 name = event["event"]
                 at = float(event.get("at") or time.time())
-                if name == "ringing":
+                if name == "speech":
+                    await self._act(session, run.speech(event, at), log_)
+                elif name == "ringing":
                     session.cdr["ringing_at"] = wall(at)
                 elif name == "answered":
+                    session.answered_at = at
                     session.cdr["answered_at"] = wall(at)
                     await self._debit(session, session.meter.answered(at))
                     self.billing_lag.append(time.time() - at)
                     await self._save_cdr(dict(session.cdr))  # live status: calls up count
                     log_.info("answered")
-                    with contextlib.suppress(PoolError):
-                        await self.pool.play(session.call_id, self.greeting)
+                    await self._act(session, run.answered(at), log_)
                     hangup_at = at + session.campaign.max_call_seconds
+                    # kept from before call scripts: a contact column `transfer_after`
                     after = session.contact.attributes.get("transfer_after")
                     if session.campaign.agent_uri and after:
                         transfer_at = at + float(after)
-                elif name == "agent_answered" and event.get("mode") == "bridge":
-                    await self._debit(session, session.meter.agent_started(at))
+                elif name == "play_done":
+                    await self._act(session, run.play_done(at), log_)
+                elif name == "agent_answered":
+                    run.agent_answered(str(event.get("mode")))
+                    if event.get("mode") == "bridge":
+                        await self._debit(session, session.meter.agent_started(at))
+                elif name == "agent_failed":
+                    log_.info("transfer failed", status=event.get("status"))
+                    await self._act(session, run.agent_failed(at), log_)
                 elif name == "agent_ended":
                     await self._debit(session, session.meter.agent_ended(at))
+                    await self._act(session, run.agent_ended(at), log_)
                 elif name in ("hangup", "failed", "interrupted"):
                     await self._finish(session, event, at)
                     log_.info("call ended", disposition=session.cdr["disposition"])
@@ -437,6 +499,33 @@ class Worker:
             raise
         finally:
             self.sessions.pop(session.call_id, None)
+
+    async def _act(self, session: Session, actions: list[LineAction], log_: Any) -> None:
+        """Carry out what the script asks of the line (a call already gone is no error)."""
+        for action in actions:
+            with contextlib.suppress(PoolError):
+                if isinstance(action, Play):
+                    await self.pool.play(session.call_id, action.wav)
+                elif isinstance(action, StartTransfer):
+                    log_.info("transfer", agent=action.agent, mode=action.mode)
+                    await self.pool.transfer(
+                        session.call_id, action.agent, action.mode, action.ring_timeout
+                    )
+                elif isinstance(action, HangUp):
+                    if action.machine is not None:
+                        decision = action.machine
+                        after = time.time() - (session.answered_at or time.time())
+                        session.cdr["amd_reason"] = (
+                            f"{decision.signal}: {decision.reason}"
+                            + (f" (score {decision.score:g})" if decision.score else "")
+                            + f"; {after:.2f} s after the answer"
+                        )[:255]
+                        log_.info("answering machine: hanging up", signal=decision.signal,
+                                  reason=decision.reason, score=decision.score,
+                                  after_answer=round(after, 2))  # fmt: skip
+                    await self.pool.hangup(session.call_id, action.reason)
+                else:
+                    await self.pool.stop_play(session.call_id)
 
     async def _save_cdr(self, cdr: dict[str, Any]) -> None:
         def save(conn: Connection) -> None:
@@ -453,6 +542,8 @@ class Worker:
             session.meter.hangup(max(at, session.invite_at))
         if name == "interrupted":
             disposition = Disposition.INTERRUPTED
+        elif session.run is not None and session.run.amd.machine is not None and answered:
+            disposition = Disposition.ANSWERING_MACHINE
         elif name == "hangup" or answered:
             disposition = Disposition.ANSWERED
         else:

@@ -29,7 +29,7 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,7 +75,7 @@ class FrameConsumer(Protocol):
     must not call pjsua2.
     """
 
-    def call_started(self, call_id: str, clock_rate: int) -> None: ...
+    def call_started(self, call_id: str, clock_rate: int, phrases: Sequence[str]) -> None: ...
     def frame(self, call_id: str, pcm: bytes) -> None: ...
     def call_ended(self, call_id: str) -> None: ...
 
@@ -229,6 +229,7 @@ class _Record:
     rx_frames: int = 0
     rx_voiced: int = 0
     finished: bool = False
+    listen: list[str] | None = None  # phrases: analyse the callee's audio (FrameConsumer)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -465,6 +466,7 @@ class SipEngine:
         trunk = account.trunk
         call = _Call(self, account, "out")
         record = _Record(cmd.call_id, call, trunk, account, time.monotonic() + cmd.ring_timeout)
+        record.listen = cmd.listen if self.consumer is not None else None
         call.record = record
         prm = pj.CallOpParam(True)
         caller = cmd.caller_id or trunk.caller_id
@@ -584,18 +586,19 @@ class SipEngine:
 
     def _attach_tap(self, record: _Record) -> None:
         # A Python tap costs ~0.7% of a core per call (a callback every 20 ms): only when
-        # someone listens (a frame consumer, or measure_audio for QA).
-        if not self._taps_wanted:
+        # someone listens (the call asked for it, or measure_audio for QA).
+        if record.listen is None and not self.config.measure_audio:
             return
         if record.tap is None and self._idle_taps and record.audio is not None:
             tap = self._idle_taps.pop()
             tap.frames = tap.voiced = 0
             tap.call_id = record.call_id
             record.tap = tap
-            record.audio.startTransmit(tap)
-            if self.consumer is not None:
+            tap.consumer = self.consumer if record.listen is not None else None
+            if tap.consumer is not None and record.listen is not None:
                 with contextlib.suppress(Exception):
-                    self.consumer.call_started(record.call_id, TAP_CLOCK_RATE)
+                    tap.consumer.call_started(record.call_id, TAP_CLOCK_RATE, record.listen)
+            record.audio.startTransmit(tap)
 
     def _detach_tap(self, record: _Record) -> None:
         tap = record.tap
@@ -605,13 +608,14 @@ class SipEngine:
         record.rx_frames += tap.frames
         record.rx_voiced += tap.voiced
         tap.call_id = None
+        consumer, tap.consumer = tap.consumer, None
         if record.audio is not None:
             with contextlib.suppress(pj.Error):
                 record.audio.stopTransmit(tap)
         self._idle_taps.append(tap)
-        if self.consumer is not None:
+        if consumer is not None:
             with contextlib.suppress(Exception):
-                self.consumer.call_ended(record.call_id)
+                consumer.call_ended(record.call_id)
 
     def _release_media(self, record: _Record) -> None:
         self._stop_play(record)

@@ -49,6 +49,7 @@ class _Writer:
 
 async def serve(protocol_fd: int) -> int:
     from sip.engine import SipEngine  # imports pjsua2: after stdout was moved
+    from sip.listener import Listener
 
     loop = asyncio.get_running_loop()
     write = _Writer(protocol_fd)
@@ -65,7 +66,8 @@ async def serve(protocol_fd: int) -> int:
         write(event("error", message="the first command must be configure"))
         return 2
 
-    engine = SipEngine(configure.line, write.batch)
+    listener = Listener(write.batch)
+    engine = SipEngine(configure.line, write.batch, consumer=listener)
     try:
         await loop.run_in_executor(None, engine.start)
     except SipSetupError as exc:
@@ -82,6 +84,7 @@ async def serve(protocol_fd: int) -> int:
     reading.cancel()
     stopping.cancel()
     await loop.run_in_executor(None, engine.stop)
+    await loop.run_in_executor(None, listener.close)
     await asyncio.sleep(0.05)  # flush the last events queued by the SIP thread
     return 0
 

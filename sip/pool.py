@@ -244,15 +244,17 @@ class LinePool:
         ring_timeout: float = 30.0,
         caller_id: str | None = None,
         headers: dict[str, str] | None = None,
+        listen: list[str] | None = None,
     ) -> str:
-        """Place a call; returns the name of the line carrying it."""
+        """Place a call; returns the name of the line carrying it. ``listen``: phrases to
+        recognise in the callee's audio (``speech`` events follow the answer)."""
         if self._closing:
             raise PoolError("the pool is shutting down")
         if call_id in self._call_line or call_id in self._dialing:
             raise DialRefused(f"call {call_id!r} is already up")
         self._dialing.add(call_id)
         try:
-            return await self._place(call_id, to, trunk, ring_timeout, caller_id, headers)
+            return await self._place(call_id, to, trunk, ring_timeout, caller_id, headers, listen)
         finally:
             self._dialing.discard(call_id)
 
@@ -264,6 +266,7 @@ class LinePool:
         ring_timeout: float,
         caller_id: str | None,
         headers: dict[str, str] | None,
+        listen: list[str] | None,
     ) -> str:
         command = Dial(
             call_id=call_id,
@@ -272,6 +275,7 @@ class LinePool:
             ring_timeout=ring_timeout,
             caller_id=caller_id,
             headers=headers or {},
+            listen=listen,
         )
         tried: set[int] = set()
         while True:

@@ -10,7 +10,9 @@ Commands (orchestrator -> line)::
 
     {"v":1, "cmd":"configure", "line": {...LineConfig...}}       first message, once
     {"v":1, "cmd":"dial", "call_id":"c1", "to":"+15550001", "trunk":"main",
-     "ring_timeout":30, "caller_id":"+15559999"?, "headers":{"X-Campaign":"spring"}?}
+     "ring_timeout":30, "caller_id":"+15559999"?, "headers":{"X-Campaign":"spring"}?,
+     "listen":["leave a message after the tone", ...]?}      listen: analyse the callee's
+                                                   audio, recognising these phrases
     {"v":1, "cmd":"hangup", "call_id":"c1", "reason":"amd"?}
     {"v":1, "cmd":"play", "call_id":"c1", "wav":"/path/greeting.wav"}
     {"v":1, "cmd":"stop_play", "call_id":"c1"}
@@ -40,6 +42,10 @@ slots after the event::
     agent_failed    {"call_id", "status", "reason"}             the caller stays with the bot
     agent_ended     {"call_id"}                                 the agent left (bridge mode):
                                                                 the caller is back with the bot
+    speech          {"call_id", "kind", "audio_s", ...}         what the callee's audio holds
+                                                                (sip.speech: voice_start,
+                                                                voice_end, partial, final,
+                                                                tone); only with `listen`
     inbound_rejected {"status", "from", "to"}                   an INVITE we never answered
     registration    {"trunk", "status", "reason", "expires", "ok": bool}
     error           {"call_id"?, "message"}                     a command that cannot be done
@@ -149,6 +155,9 @@ class Dial(_Message):
     ring_timeout: float = Field(default=30.0, gt=0, le=600)
     caller_id: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    listen: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, max_length=1000
+    )
 
     @field_validator("headers")
     @classmethod
@@ -197,7 +206,7 @@ EVENTS = frozenset(
     {
         "ready", "accepted", "refused", "ringing", "answered", "failed", "hangup",
         "play_done", "agent_ringing", "agent_answered", "agent_failed", "agent_ended",
-        "inbound_rejected", "registration", "error",
+        "inbound_rejected", "registration", "error", "speech",
     }
 )  # fmt: skip
 

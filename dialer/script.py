@@ -1,0 +1,412 @@
+"""Call scripts: the bot's blocks and intents, loaded from YAML and validated.
+
+Format (every key but ``blocks`` is optional)::
+
+    voice: slt                 # speech synthesis voice for `say` text (dialer.tts)
+    threshold: 80              # intent match score 0-100 (dialer.intents)
+    intents:                   # name -> sample phrases
+      answering_machine:       # built in (phrases below); yours are added to them
+        - "you have reached the voicemail of"
+      interested: ["yes", "sure", "tell me more"]
+    start: hello               # the first block (default: the first one written)
+    blocks:
+      hello:
+        say: "Hello! This is Anna from Acme."    # text, synthesised and cached
+        next: ask                                # default: end
+      chime:
+        say: {wav: sounds/chime.wav}             # a WAV file (relative to the script)
+      ask:
+        listen:
+          timeout: 6                             # seconds; none: until the callee hangs up
+          intents: {interested: agent}           # intent -> block
+          no_match: bye                          # default: end
+      agent:
+        transfer: {agent: "sip:agent@pbx.example", mode: bridge, on_failure: bye}
+        next: bye                                # after the agent leaves (bridge)
+      bye:
+        end: {}
+
+The target ``end`` always exists: it hangs up. The ``answering_machine`` intent is
+active from the answer whatever block runs, and ends the call (disposition
+``answering_machine``); it is not routed by ``listen``.
+
+Errors name the file, the block and the line: ``spring.yaml: block 'ask' (line 12):
+listen.intents: unknown intent 'maybe'``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from dialer.amd import MACHINE_INTENT
+from dialer.errors import DialerError
+from dialer.intents import DEFAULT_THRESHOLD, normalise
+
+END = "end"
+GREETING = "builtin:greeting"  # the default script's chime (dialer.worker.greeting_wav)
+MAX_SCRIPT_BYTES = 256 * 1024
+
+#: Carrier announcements and voicemail greetings, active on every call.
+ANSWERING_MACHINE_PHRASES = (
+    "the number you have dialed is unavailable now",
+    "the number you have dialed is not in service",
+    "the number you have dialed is not available",
+    "the subscriber cannot be reached",
+    "the subscriber you have dialed cannot be reached",
+    "this number is not in service",
+    "this number is no longer in service",
+    "your call cannot be completed as dialed",
+    "please check the number and dial again",
+    "the person you are calling is not available",
+    "the mobile phone you are calling is switched off",
+    "please try again later",
+    "leave a message after the tone",
+    "leave your message after the tone",
+    "please leave a message",
+    "please leave your name and number",
+    "at the tone please record your message",
+    "is not available right now",
+    "i am not available right now",
+    "you have reached the voicemail of",
+    "we will get back to you as soon as possible",
+    "i will call you back as soon as i can",
+)
+
+
+class ScriptError(DialerError):
+    """A call script that cannot be used; the message names the file, block and line."""
+
+
+@dataclass(frozen=True)
+class Say:
+    text: str | None = None
+    wav: str | None = None  # absolute, or GREETING
+    voice: str | None = None
+
+
+@dataclass(frozen=True)
+class Listen:
+    timeout: float | None = None
+    intents: dict[str, str] = field(default_factory=dict)
+    no_match: str = END
+
+
+@dataclass(frozen=True)
+class Transfer:
+    agent: str
+    mode: Literal["bridge", "refer"] = "bridge"
+    on_failure: str = END
+    ring_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class End:
+    pass
+
+
+Action = Say | Listen | Transfer | End
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str
+    action: Action
+    next: str = END
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    blocks: dict[str, Block]
+    start: str
+    intents: dict[str, tuple[str, ...]]
+    threshold: float = DEFAULT_THRESHOLD
+    voice: str | None = None
+
+    def phrases(self) -> list[str]:
+        """Every sample phrase: the recogniser's vocabulary for this script."""
+        return [p for samples in self.intents.values() for p in samples]
+
+    def block(self, name: str) -> Block:
+        return self.blocks.get(name) or Block(END, End())
+
+
+def default_script() -> Script:
+    """INTERFACE.md: a short greeting, then listen until the callee hangs up; it hangs up
+    early only on the answering-machine intent or signal."""
+    return Script(
+        name="default",
+        blocks={
+            "greeting": Block("greeting", Say(wav=GREETING), next="listen"),
+            "listen": Block("listen", Listen(timeout=None)),
+        },
+        start="greeting",
+        intents={MACHINE_INTENT: ANSWERING_MACHINE_PHRASES},
+    )
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+class _Where:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, node: yaml.Node | None, message: str, block: str | None = None) -> ScriptError:
+        line = f"line {node.start_mark.line + 1}" if node is not None else None
+        where = (
+            f"block {block!r} ({line})"
+            if block and line
+            else (block and f"block {block!r}") or line
+        )
+        return ScriptError(
+            f"{self.source}: {where}: {message}" if where else f"{self.source}: {message}"
+        )
+
+
+def _mapping(
+    node: yaml.Node, where: _Where, what: str, block: str | None = None
+) -> dict[str, yaml.Node]:
+    if not isinstance(node, yaml.MappingNode):
+        raise where.error(node, f"{what} must be a mapping", block)
+    out: dict[str, yaml.Node] = {}
+    for key, value in node.value:
+        if not isinstance(key, yaml.ScalarNode):
+            raise where.error(key, f"{what}: keys must be plain names", block)
+        if key.value in out:
+            raise where.error(key, f"{what}: {key.value!r} appears twice", block)
+        out[key.value] = value
+    return out
+
+
+def _scalar(node: yaml.Node, where: _Where, what: str, block: str | None = None) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        raise where.error(node, f"{what} must be a single value", block)
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _text(node: yaml.Node, where: _Where, what: str, block: str | None = None) -> str:
+    value = _scalar(node, where, what, block)
+    if not isinstance(value, str) or not value.strip():
+        raise where.error(node, f"{what} must be non-empty text", block)
+    return value.strip()
+
+
+def _number(node: yaml.Node, where: _Where, what: str, low: float, high: float,
+            block: str | None = None) -> float:  # fmt: skip
+    value = _scalar(node, where, what, block)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise where.error(node, f"{what} must be a number from {low:g} to {high:g}", block)
+    return float(value)
+
+
+def _only(keys: dict[str, yaml.Node], allowed: set[str], where: _Where, what: str,
+          block: str | None) -> None:  # fmt: skip
+    for key, node in keys.items():
+        if key not in allowed:
+            raise where.error(
+                node, f"{what}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})", block
+            )
+
+
+def parse_script(text: str, source: str = "script", base: Path | None = None) -> Script:
+    where = _Where(source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ScriptError(f"{source}: {at}not valid YAML: {problem}") from None
+    if root is None:
+        raise ScriptError(f"{source}: the script is empty")
+    top = _mapping(root, where, "the script")
+    _only(
+        top,
+        {"version", "voice", "threshold", "intents", "start", "blocks"},
+        where,
+        "the script",
+        None,
+    )
+    if "version" in top and _scalar(top["version"], where, "version") != 1:
+        raise where.error(top["version"], "version must be 1")
+    voice = _text(top["voice"], where, "voice") if "voice" in top else None
+    threshold = (
+        _number(top["threshold"], where, "threshold", 1, 100)
+        if "threshold" in top
+        else DEFAULT_THRESHOLD
+    )
+    intents: dict[str, tuple[str, ...]] = {MACHINE_INTENT: ANSWERING_MACHINE_PHRASES}
+    if "intents" in top:
+        for name, node in _mapping(top["intents"], where, "intents").items():
+            if not isinstance(node, yaml.SequenceNode) or not node.value:
+                raise where.error(node, f"intent {name!r} must be a list of sample phrases")
+            samples = tuple(
+                _text(item, where, f"intent {name!r}: a sample phrase") for item in node.value
+            )
+            for item, sample in zip(node.value, samples, strict=True):
+                if not normalise(sample):
+                    raise where.error(item, f"intent {name!r}: {sample!r} has no words")
+            intents[name] = intents.get(name, ()) + samples
+    if "blocks" not in top:
+        raise where.error(root, "no blocks: a script needs at least one block")
+    block_nodes = _mapping(top["blocks"], where, "blocks")
+    if not block_nodes:
+        raise where.error(top["blocks"], "no blocks: a script needs at least one block")
+    blocks = {name: _block(name, node, where, base, intents) for name, node in block_nodes.items()}
+    start = _text(top["start"], where, "start") if "start" in top else next(iter(blocks))
+    if start not in blocks and start != END:
+        raise where.error(top["start"], f"start: no block named {start!r}")
+    for block in blocks.values():
+        for target in _targets(block):
+            if target != END and target not in blocks:
+                raise ScriptError(
+                    f"{source}: block {block.name!r} (line {block.line}): "
+                    f"goes to {target!r}, which is not a block (nor {END!r})"
+                )
+    return Script(source, blocks, start, intents, threshold, voice)
+
+
+def _targets(block: Block) -> list[str]:
+    targets = [block.next]
+    if isinstance(block.action, Listen):
+        targets += [*block.action.intents.values(), block.action.no_match]
+    elif isinstance(block.action, Transfer):
+        targets.append(block.action.on_failure)
+    return targets
+
+
+def _block(name: str, node: yaml.Node, where: _Where, base: Path | None,
+           intents: dict[str, tuple[str, ...]]) -> Block:  # fmt: skip
+    keys = _mapping(node, where, "a block", name)
+    kinds = [k for k in ("say", "listen", "transfer", "end") if k in keys]
+    if len(kinds) != 1:
+        raise where.error(
+            node, "a block does exactly one of say, listen, transfer, end"
+            + (f" (it has {', '.join(kinds)})" if kinds else ""), name,
+        )  # fmt: skip
+    kind = kinds[0]
+    _only(keys, {kind, "next"}, where, "a block", name)
+    nxt = _text(keys["next"], where, "next", name) if "next" in keys else END
+    body = keys[kind]
+    line = node.start_mark.line + 1
+    action: Action
+    if kind == "say":
+        action = _say(body, where, base, name)
+    elif kind == "listen":
+        action = _listen(body, where, intents, name)
+    elif kind == "transfer":
+        action = _transfer(body, where, name)
+    else:
+        if not (isinstance(body, yaml.MappingNode) and not body.value) and not (
+            isinstance(body, yaml.ScalarNode) and body.value in ("", "null", "~", "true")
+        ):
+            raise where.error(body, "end takes no settings (write `end: {}`)", name)
+        action = End()
+    return Block(name, action, nxt, line)
+
+
+def _say(body: yaml.Node, where: _Where, base: Path | None, block: str) -> Say:
+    if isinstance(body, yaml.ScalarNode):
+        return Say(text=_text(body, where, "say", block))
+    keys = _mapping(body, where, "say", block)
+    _only(keys, {"text", "wav", "voice"}, where, "say", block)
+    if ("text" in keys) == ("wav" in keys):
+        raise where.error(body, "say needs either text or wav", block)
+    voice = _text(keys["voice"], where, "say.voice", block) if "voice" in keys else None
+    if "text" in keys:
+        return Say(text=_text(keys["text"], where, "say.text", block), voice=voice)
+    wav = Path(_text(keys["wav"], where, "say.wav", block))
+    wav = wav if wav.is_absolute() or base is None else base / wav
+    if not wav.is_file():
+        raise where.error(keys["wav"], f"say.wav: no file {wav}", block)
+    with open(wav, "rb") as head:
+        if head.read(12)[8:12] != b"WAVE":
+            raise where.error(keys["wav"], f"say.wav: {wav} is not a WAV file", block)
+    return Say(wav=str(wav.resolve()), voice=voice)
+
+
+def _listen(body: yaml.Node, where: _Where, intents: dict[str, tuple[str, ...]],
+            block: str) -> Listen:  # fmt: skip
+    if isinstance(body, yaml.ScalarNode) and body.value in ("", "null", "~"):
+        return Listen()
+    keys = _mapping(body, where, "listen", block)
+    _only(keys, {"timeout", "intents", "no_match"}, where, "listen", block)
+    timeout = None
+    if "timeout" in keys and _scalar(keys["timeout"], where, "listen.timeout", block) is not None:
+        timeout = _number(keys["timeout"], where, "listen.timeout", 0.5, 3600, block)
+    routes: dict[str, str] = {}
+    if "intents" in keys:
+        for intent, target in _mapping(keys["intents"], where, "listen.intents", block).items():
+            if intent == MACHINE_INTENT:
+                raise where.error(
+                    target, f"listen.intents: {MACHINE_INTENT} is always active and ends "
+                    "the call; it is not routed", block,
+                )  # fmt: skip
+            if intent not in intents:
+                raise where.error(target, f"listen.intents: unknown intent {intent!r}", block)
+            routes[intent] = _text(target, where, f"listen.intents.{intent}", block)
+    no_match = (
+        _text(keys["no_match"], where, "listen.no_match", block) if "no_match" in keys else END
+    )
+    return Listen(timeout, routes, no_match)
+
+
+def _transfer(body: yaml.Node, where: _Where, block: str) -> Transfer:
+    keys = _mapping(body, where, "transfer", block)
+    _only(keys, {"agent", "mode", "on_failure", "ring_timeout"}, where, "transfer", block)
+    if "agent" not in keys:
+        raise where.error(body, "transfer needs agent (a sip: URI)", block)
+    agent = _text(keys["agent"], where, "transfer.agent", block)
+    if not agent.startswith(("sip:", "sips:")) or any(c in agent for c in "\r\n <>"):
+        raise where.error(keys["agent"], f"transfer.agent must be a sip: URI, got {agent!r}", block)
+    mode = _text(keys["mode"], where, "transfer.mode", block) if "mode" in keys else "bridge"
+    if mode not in ("bridge", "refer"):
+        raise where.error(
+            keys["mode"], f"transfer.mode must be bridge or refer, got {mode!r}", block
+        )
+    on_failure = (
+        _text(keys["on_failure"], where, "transfer.on_failure", block)
+        if "on_failure" in keys
+        else END
+    )
+    ring = (
+        _number(keys["ring_timeout"], where, "transfer.ring_timeout", 1, 600, block)
+        if "ring_timeout" in keys else 30.0
+    )  # fmt: skip
+    return Transfer(agent, "bridge" if mode == "bridge" else "refer", on_failure, ring)
+
+
+def load_script(path: str | Path) -> Script:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ScriptError(f"cannot read script {path}: {exc.strerror}") from None
+    if len(data) > MAX_SCRIPT_BYTES:
+        raise ScriptError(f"{path}: larger than {MAX_SCRIPT_BYTES // 1024} KiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ScriptError(f"{path}: not UTF-8 text") from None
+    return parse_script(text, source=path.name, base=path.parent.resolve())
+
+
+def read_script(path: str | Path) -> tuple[str, str]:
+    """(absolute path, text) of a script, once it has been validated (for storing with
+    a campaign: what was checked is what runs)."""
+    load_script(path)
+    return str(Path(path).resolve()), Path(path).read_text(encoding="utf-8")
+
+
+def script_of(path: str | None, text: str | None) -> Script:
+    """A campaign's script from what was stored at create; none: the default script."""
+    if text is None:
+        return default_script()
+    base = Path(path).parent if path else None
+    return parse_script(text, source=Path(path).name if path else "script", base=base)
