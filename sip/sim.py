@@ -35,7 +35,8 @@ A callee that receives a REFER follows it (calls the target), as phones do.
 
 One process carries 4 calls at a time (PJSUA_MAX_CALLS); the farm prints one JSON line
 per call event on stdout: ``incoming``, ``rejected``, ``answered``, ``transferred``,
-``ended`` (with ``by``, ``rx_frames`` and ``voiced_frames``, the frames of the far end's
+``playing`` (the ``play`` WAV started: its clock for QA), ``ended`` (with ``by``,
+``rx_frames`` and ``voiced_frames``, the frames of the far end's
 audio louder than silence: proof that audio flowed).
 """
 
@@ -404,6 +405,7 @@ class SimFarm:
                     player.createPlayer(behaviour.play, pj.PJMEDIA_FILE_NO_LOOP)
                     player.startTransmit(call.audio)
                     call.player = player
+                    self._report("playing", call, wav=behaviour.play)
                 return
 
     def _release(self, call: _SimCall) -> None:

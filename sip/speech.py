@@ -74,6 +74,8 @@ class ToneTracker:
         self.frames = 0
         self.started_at = 0.0
         self.runs: deque[tuple[float, float, float]] = deque(maxlen=3)  # freq, start, s
+        self.pending: list[Fact] = []  # a beep held back: it may be the first SIT tone
+        self.pending_until = 0.0
 
     @staticmethod
     def dominant(samples: np.ndarray) -> tuple[float, float]:
@@ -94,6 +96,10 @@ class ToneTracker:
         facts = self._close(at)
         if tonal:
             self.freq, self.frames, self.started_at = freq, 1, at
+        elif self.pending and at > self.pending_until:
+            facts += self.pending  # no SIT followed: it was a beep after all
+            self.pending = []
+            self.runs.clear()
         return facts
 
     def _close(self, at: float) -> list[Fact]:
@@ -101,21 +107,32 @@ class ToneTracker:
             return []
         freq, seconds, start = self.freq, self.frames * FRAME_S, self.started_at
         self.freq, self.frames = None, 0
-        facts: list[Fact] = []
         t = self.tuning
-        if t.sit_min_s <= seconds <= t.sit_max_s:
+        beep: list[Fact] = []
+        if t.beep_min_s <= seconds <= t.beep_max_s and 400 <= freq <= 2500:
+            beep = [{"kind": "tone", "tone": "beep", "freq": round(freq, 1),
+                     "duration": round(seconds, 3), "audio_s": round(at, 3)}]  # fmt: skip
+        if t.sit_min_s <= seconds <= t.sit_max_s and self._sit_like(freq, len(self.runs)):
+            # maybe the start of the three SIT tones: the beep waits for the next tone
             self.runs.append((freq, start, seconds))
             if self._is_sit():
                 self.runs.clear()
-                facts.append({"kind": "tone", "tone": "sit", "freq": round(freq, 1),
-                              "duration": round(seconds, 3), "audio_s": round(at, 3)})  # fmt: skip
-                return facts
-        else:
-            self.runs.clear()
-        if t.beep_min_s <= seconds <= t.beep_max_s and 400 <= freq <= 2500:
-            facts.append({"kind": "tone", "tone": "beep", "freq": round(freq, 1),
-                          "duration": round(seconds, 3), "audio_s": round(at, 3)})  # fmt: skip
-        return facts
+                self.pending = []
+                return [{"kind": "tone", "tone": "sit", "freq": round(freq, 1),
+                         "duration": round(seconds, 3), "audio_s": round(at, 3)}]  # fmt: skip
+            self.pending = self.pending or beep
+            self.pending_until = at + 0.15
+            return []
+        facts, self.pending = self.pending, []
+        self.runs.clear()
+        return facts + beep
+
+    @staticmethod
+    def _sit_like(freq: float, position: int) -> bool:
+        if position >= len(SIT_BANDS):
+            return False
+        low, high = SIT_BANDS[position]
+        return low - 30 <= freq <= high + 30
 
     def _is_sit(self) -> bool:
         if len(self.runs) < 3:
@@ -228,7 +245,8 @@ class CallAnalyzer:
 
     def finish(self) -> list[Fact]:
         """The audio ended: close what is open."""
-        facts = self.tones._close(self.audio_s)
+        facts = self.tones._close(self.audio_s) + self.tones.pending
+        self.tones.pending = []
         if self.in_voice:
             facts += self._close(self.audio_s)
         return facts
