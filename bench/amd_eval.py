@@ -32,6 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from amd_corpus import generate
 
 
+def generate_corpus(folder: Path, per_kind: int) -> None:
+    generate(folder, per_kind)
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")

@@ -7,6 +7,7 @@ docs/benchmarks.md (the section of each benchmark is replaced, the others kept).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+import amd_eval  # noqa: E402
 import ledger_debits  # noqa: E402
 import sip_pool  # noqa: E402
 import worker as worker_bench  # noqa: E402
@@ -174,11 +176,39 @@ ringing may still answer and are billed.
     replace_section("Campaign worker", body)
 
 
+def amd_section(per_kind: int, when: str) -> None:
+    corpus = Path("/tmp/dialer-amd-corpus")
+    if not (corpus / "labels.json").exists() or (
+        len(json.loads((corpus / "labels.json").read_text())) != 3 * per_kind
+    ):
+        amd_eval.generate_corpus(corpus, per_kind)
+    result = amd_eval.evaluate(corpus)
+    report = amd_eval.report(result)
+    (ROOT / "docs" / "amd-eval.md").write_text(
+        "# Answering-machine detection: evaluation report\n\n"
+        f"Run {when} on {machine()} by `./dev bench --only amd`.\n\n{report}"
+    )
+    summary = report.split("\nDecided by:")[0]
+    body = f"""
+Run {when} on {machine()}. Full report with every miss: docs/amd-eval.md.
+
+The default script's detector (`dialer amd classify` pipeline: voice activity, tone
+detection, pocketsphinx on a bigram model of the script's phrases plus everyday answers,
+fuzzy intent match) over a generated corpus. CPU is the analysis thread's core-seconds
+per second of the callee's speech, and per second of a silent line.
+
+{summary}"""
+    replace_section("Answering-machine detection", body)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=1200, help="ledger: calls per scenario")
     parser.add_argument("--lines", type=int, default=40, help="sip: line processes")
-    parser.add_argument("--only", choices=["ledger", "sip", "worker"], help="run one benchmark")
+    parser.add_argument(
+        "--only", choices=["ledger", "sip", "worker", "amd"], help="run one benchmark"
+    )
+    parser.add_argument("--per-kind", type=int, default=36, help="amd: samples per kind")
     args = parser.parse_args()
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     if args.only in (None, "ledger"):
@@ -187,6 +217,8 @@ def main() -> None:
         sip_section(args.lines, when)
     if args.only in (None, "worker"):
         worker_section(10, when)
+    if args.only in (None, "amd"):
+        amd_section(args.per_kind, when)
     print(f"written to {DOC.relative_to(ROOT)}")
 
 

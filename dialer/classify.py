@@ -54,7 +54,7 @@ def classify(
     facts = analyze_samples(samples, recognizer)
     detector = AmdDetector(
         IntentMatcher(script.intents, script.threshold),
-        settings or AmdSettings(threshold=script.threshold),
+        settings or script.amd,
     )
     for fact in facts:
         detector.feed(fact)

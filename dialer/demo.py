@@ -2,7 +2,7 @@
 
 It starts two simulated callee farms (`dialer sim`), a line pool and the worker, gives a
 fresh account a small balance, and runs two campaigns of 30 contacts in all that show
-every rule: humans who answer and talk, answering machines (billed: they answered),
+every rule: humans who answer and talk, answering machines (recognised, hung up on, billed),
 busy, no answer, transfers to an agent on the customer's own trunk and back (agent time
 not billed), the balance running out mid-campaign (the calls up finish, the balance goes
 negative, the campaigns pause), a top-up that pays off the debt, and a manual resume.
@@ -48,6 +48,7 @@ from dialer.campaigns import (
 )
 from dialer.config import Settings
 from dialer.runtime import running_worker
+from dialer.tts import synthesise
 
 RING_TIMEOUT = 5.0
 
@@ -76,19 +77,21 @@ BEHAVIOUR = {
 }
 
 
-def tone_wav(path: Path, parts: list[tuple[float, float]]) -> None:
-    """A WAV of tones (frequency, seconds; 0 Hz = pause): stand-ins for voices."""
-    rate = 16000
-    frames = bytearray()
-    for freq, seconds in parts:
-        for n in range(int(rate * seconds)):
-            sample = 0.0 if freq == 0 else 8000 * math.sin(2 * math.pi * freq * n / rate)
-            frames += struct.pack("<h", int(sample))
+def spoken_wav(path: Path, text: str, beep_hz: float) -> None:
+    """A callee's voice (festival, as `say` text is synthesised), then 0.5 s of beep."""
+    voice = synthesise(text, "slt", path.parent)
+    with wave.open(str(voice)) as source:
+        frames = source.readframes(source.getnframes())
+        rate = source.getframerate()
+    if beep_hz:
+        frames += b"\0\0" * (rate // 2)
+        for n in range(rate // 2):
+            frames += struct.pack("<h", int(8000 * math.sin(2 * math.pi * beep_hz * n / rate)))
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(rate)
-        out.writeframes(bytes(frames))
+        out.writeframes(frames)
 
 
 def free_port() -> int:
@@ -178,8 +181,12 @@ async def run_demo(cfg: Settings, out: Console) -> None:
 
 async def _run(cfg: Settings, database: Database, folder: Path, out: Console) -> None:
     started = time.monotonic()
-    tone_wav(folder / "hello.wav", [(440, 0.3), (0, 0.2), (520, 0.4), (0, 1.0)] * 3)
-    tone_wav(folder / "voicemail.wav", [(350, 2.5), (0, 0.5), (1000, 0.4)])
+    await asyncio.to_thread(spoken_wav, folder / "hello.wav", "Hello? Who is this?", 0.0)
+    await asyncio.to_thread(
+        spoken_wav, folder / "voicemail.wav",
+        "Hi, you have reached Sam. I am not available right now. "
+        "Please leave a message after the tone.", 1000.0,
+    )  # fmt: skip
     ledger = Ledger(database, cfg.billing.make_tariff())
     story = Narrator(out)
     await _stop_leftovers(database)
@@ -189,7 +196,8 @@ async def _run(cfg: Settings, database: Database, folder: Path, out: Console) ->
     await ledger.buy_package(account, Counter.SPEECH, 1)
     story.say(f"{account}: bought 10 min telephony and 1 min speech (little, on purpose)")
     story.say(
-        "callees: humans (talk 3-22 s), answering machines (answered: billed), busy, "
+        "callees: humans (talk 3-22 s), answering machines (recognised and hung up on: "
+        "billed the first 15 s), busy, "
         "declined, no answer; support calls go to an agent on the customer's own trunk"
     )
 

@@ -4,6 +4,11 @@ Format (every key but ``blocks`` is optional)::
 
     voice: slt                 # speech synthesis voice for `say` text (dialer.tts)
     threshold: 80              # intent match score 0-100 (dialer.intents)
+    amd:                       # answering-machine signals (dialer.amd), all on by default
+      beep: true
+      sit: true
+      cadence: true
+      greeting_seconds: 4.5    # uninterrupted speech from the answer that means a greeting
     intents:                   # name -> sample phrases
       answering_machine:       # built in (phrases below); yours are added to them
         - "you have reached the voicemail of"
@@ -42,7 +47,7 @@ from typing import Any, Literal
 
 import yaml
 
-from dialer.amd import MACHINE_INTENT
+from dialer.amd import MACHINE_INTENT, AmdSettings
 from dialer.errors import DialerError
 from dialer.intents import DEFAULT_THRESHOLD, normalise
 
@@ -127,6 +132,7 @@ class Script:
     intents: dict[str, tuple[str, ...]]
     threshold: float = DEFAULT_THRESHOLD
     voice: str | None = None
+    amd: AmdSettings = field(default_factory=AmdSettings)
 
     def phrases(self) -> list[str]:
         """Every sample phrase: the recogniser's vocabulary for this script."""
@@ -228,7 +234,7 @@ def parse_script(text: str, source: str = "script", base: Path | None = None) ->
     top = _mapping(root, where, "the script")
     _only(
         top,
-        {"version", "voice", "threshold", "intents", "start", "blocks"},
+        {"version", "voice", "threshold", "amd", "intents", "start", "blocks"},
         where,
         "the script",
         None,
@@ -269,7 +275,25 @@ def parse_script(text: str, source: str = "script", base: Path | None = None) ->
                     f"{source}: block {block.name!r} (line {block.line}): "
                     f"goes to {target!r}, which is not a block (nor {END!r})"
                 )
-    return Script(source, blocks, start, intents, threshold, voice)
+    amd = _amd(top["amd"], where, threshold) if "amd" in top else AmdSettings(threshold=threshold)
+    return Script(source, blocks, start, intents, threshold, voice, amd)
+
+
+def _amd(node: yaml.Node, where: _Where, threshold: float) -> AmdSettings:
+    keys = _mapping(node, where, "amd")
+    _only(keys, {"beep", "sit", "cadence", "greeting_seconds"}, where, "amd", None)
+    switches: dict[str, bool] = {}
+    for name in ("beep", "sit", "cadence"):
+        if name in keys:
+            value = _scalar(keys[name], where, f"amd.{name}")
+            if not isinstance(value, bool):
+                raise where.error(keys[name], f"amd.{name} must be true or false")
+            switches[name] = value
+    greeting = (
+        _number(keys["greeting_seconds"], where, "amd.greeting_seconds", 1, 60)
+        if "greeting_seconds" in keys else AmdSettings.greeting_seconds
+    )  # fmt: skip
+    return AmdSettings(threshold=threshold, greeting_seconds=greeting, **switches)
 
 
 def _targets(block: Block) -> list[str]:

@@ -54,7 +54,7 @@ class ScriptRun:
         self.script = script
         self.audio = audio
         self.matcher = IntentMatcher(script.intents, script.threshold)
-        settings = amd or AmdSettings(threshold=script.threshold)
+        settings = amd or script.amd
         self.amd = AmdDetector(self.matcher, settings)
         self.block: Block | None = None
         self.deadline: float | None = None  # absolute time of the listen timeout

@@ -12,6 +12,7 @@ import asyncio
 import glob
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from clitools import Run
 from billing.storage import Database
 from dialer import db
 from dialer.cli import OPTIONS
+from dialer.logs import configure_logging
 
 ADMIN_DSN = os.environ.get(
     "DIALER_TEST_PG_DSN", "postgresql://postgres:postgres@127.0.0.1:5432/test"
@@ -150,8 +152,11 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    return Run(capsys)
+def run(capsys: pytest.CaptureFixture[str]) -> Iterator[Run]:
+    yield Run(capsys)
+    # the CLI pointed the logs at this test's captured stderr, closed after it: point
+    # them back, or the next test's first log line fails
+    configure_logging(stream=sys.__stderr__)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

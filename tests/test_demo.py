@@ -26,6 +26,6 @@ def test_the_demo_shows_every_rule(tmp_path: Path) -> None:
     ):
         assert shown in out, shown
     dispositions = next(line for line in out.splitlines() if line.startswith("dispositions:"))
-    for kind in ("answered", "busy", "no_answer", "rejected"):
+    for kind in ("answered", "answering_machine", "busy", "no_answer", "rejected"):
         assert kind in dispositions
     assert (tmp_path / "dialer.db").exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dialer.amd import MACHINE_INTENT
+from dialer.amd import MACHINE_INTENT, AmdSettings
 from dialer.script import (
     ANSWERING_MACHINE_PHRASES,
     END,
@@ -24,6 +24,7 @@ from dialer.script_run import HangUp, Play, ScriptRun, StartTransfer
 GOOD = """\
 voice: slt
 threshold: 75
+amd: {cadence: false, greeting_seconds: 6}
 intents:
   answering_machine:
     - "you have reached the mailbox of"
@@ -50,6 +51,7 @@ blocks:
 def test_a_valid_script_loads_with_its_blocks_and_intents() -> None:
     script = parse_script(GOOD, "spring.yaml")
     assert script.start == "hello" and script.threshold == 75 and script.voice == "slt"
+    assert script.amd == AmdSettings(threshold=75, greeting_seconds=6, cadence=False)
     assert script.blocks["hello"].action == Say(text="Hello! This is Anna from Acme.")
     assert script.blocks["ask"].action == Listen(6.0, {"interested": "agent", "busy": "bye"}, "bye")
     assert script.blocks["agent"].action == Transfer("sip:agent@127.0.0.1", "bridge", "bye")
@@ -107,6 +109,8 @@ def test_wav_paths_are_relative_to_the_script(tmp_path: Path, tone_wav: Path) ->
         ("colour: red\nblocks:\n  a: {end: {}}\n", "the script: unknown key 'colour'"),
         ("blocks:\n  a: {end: {}}\n  a: {end: {}}\n", "line 3: blocks: 'a' appears twice"),
         ("blocks:\n  a: {end: 5}\n", "block 'a' (line 2): end takes no settings"),
+        ("amd: {beep: maybe}\nblocks:\n  a: {end: {}}\n", "line 1: amd.beep must be true or false"),
+        ("amd: {greeting: 3}\nblocks:\n  a: {end: {}}\n", "amd: unknown key 'greeting'"),
     ],
 )  # fmt: skip
 def test_script_errors_name_the_block_and_line(tmp_path: Path, text: str, message: str) -> None:
