@@ -61,6 +61,7 @@ def evaluate(corpus: Path) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     speech_cpu: list[tuple[float, float]] = []
     for label in labels:
+        recognizer.reset()  # as a line does before each call
         result = classify(str(corpus / label["file"]), script, recognizer=recognizer)
         voiced = sum(f.get("duration", 0.0) for f in result.facts if f["kind"] == "voice_end")
         speech_cpu.append((result.cpu_seconds, voiced))

@@ -10,9 +10,9 @@ Machine, by the first of:
 * ``sit``: the three Special Information Tones of a carrier intercept;
 * ``phrase``: a transcript (partial or final) matches a sample phrase of the
   ``answering_machine`` intent;
-* ``cadence``: speech that starts within ``cadence_window_s`` of the answer and runs
-  ``greeting_seconds`` without a pause (a recorded greeting; a person says "hello?" and
-  waits).
+* ``cadence``: a monologue that starts within ``cadence_window_s`` of the answer and
+  runs ``greeting_seconds``, its pauses all shorter than ``monologue_gap_s`` (a recorded
+  greeting talks on; a person says "hello?" and waits for an answer).
 Human (reported, never acted on: the script goes on, and a machine found later still
 wins): the first utterance is short (``human_max_seconds``) and followed by silence.
 """
@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dialer.intents import IntentMatcher
+from dialer.intents import DEFAULT_THRESHOLD, IntentMatcher
 
 MACHINE_INTENT = "answering_machine"
 
@@ -32,9 +32,10 @@ Verdict = Literal["machine", "human", "unknown"]
 
 @dataclass(frozen=True)
 class AmdSettings:
-    threshold: float = 80.0  # intent match score, 0-100
-    greeting_seconds: float = 4.5
+    threshold: float = DEFAULT_THRESHOLD  # intent match score, 0-100
+    greeting_seconds: float = 5.5
     cadence_window_s: float = 4.0
+    monologue_gap_s: float = 1.0
     human_max_seconds: float = 3.5
     beep: bool = True
     sit: bool = True
@@ -63,7 +64,9 @@ class AmdDetector:
         self.settings = settings or AmdSettings()
         self.machine: Decision | None = None
         self.human: Decision | None = None
-        self.voice_since: float | None = None
+        self.voice_since: float | None = None  # the current utterance
+        self.monologue_since: float | None = None  # utterances with only short pauses
+        self.last_voice_end: float | None = None
         self.utterances = 0
         self.transcripts: list[str] = []
 
@@ -96,6 +99,8 @@ class AmdDetector:
             return self._cadence(at)
         if kind == "voice_start":
             self.voice_since = at
+            if self.last_voice_end is None or at - self.last_voice_end >= s.monologue_gap_s:
+                self.monologue_since = at
             return None
         if kind in ("partial", "final"):
             text = str(fact.get("text", ""))
@@ -110,6 +115,7 @@ class AmdDetector:
         if kind == "voice_end":
             decision = self._cadence(at)
             start, self.voice_since = self.voice_since, None
+            self.last_voice_end = at
             self.utterances += 1
             duration = float(fact.get("duration", 0.0))
             if (
@@ -129,11 +135,11 @@ class AmdDetector:
 
     def _cadence(self, at: float) -> Decision | None:
         s = self.settings
-        start = self.voice_since
+        start = self.monologue_since if self.voice_since is not None else None
         if not s.cadence or start is None or start > s.cadence_window_s:
             return None
         if at - start >= s.greeting_seconds:
-            reason = f"{at - start:.1f} s of speech without a pause from {start:.1f} s (a greeting)"
+            reason = f"{at - start:.1f} s of talk without waiting from {start:.1f} s (a greeting)"
             return Decision("machine", "cadence", reason, at, None, self.transcript)
         return None
 

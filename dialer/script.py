@@ -3,12 +3,12 @@
 Format (every key but ``blocks`` is optional)::
 
     voice: slt                 # speech synthesis voice for `say` text (dialer.tts)
-    threshold: 80              # intent match score 0-100 (dialer.intents)
+    threshold: 75              # intent match score 0-100 (dialer.intents)
     amd:                       # answering-machine signals (dialer.amd), all on by default
       beep: true
       sit: true
       cadence: true
-      greeting_seconds: 4.5    # uninterrupted speech from the answer that means a greeting
+      greeting_seconds: 5.5    # talk without waiting for a reply that means a greeting
     intents:                   # name -> sample phrases
       answering_machine:       # built in (phrases below); yours are added to them
         - "you have reached the voicemail of"

@@ -38,6 +38,8 @@ HUMAN = (
     ("Yeah, speaking.",), ("Good morning, how can I help you?",), ("Hello?", "Hello?"),
     ("Yes, who's calling?",), ("Hi there.",), ("Hello, this is John speaking.",),
     ("Who is it?",), ("Speaking.",),
+    # a receptionist's long answer: the hard case for greeting cadence
+    ("Good afternoon, Acme Dental, this is Maria speaking, how may I help you?",),
 )  # fmt: skip
 # (sentences, index of the key sentence)
 VOICEMAIL = (
@@ -50,6 +52,8 @@ VOICEMAIL = (
     (["Hi, it's {name}.", "Leave a message after the tone."], 1),
     (["Thank you for calling {name}.", "We will get back to you as soon as possible.",
       "Please leave a message."], 1),
+    # worded unlike any sample phrase: only partial matches, the beep or the cadence
+    (["Sorry I missed your call.", "Leave your name and number and I will get back to you."], 1),
 )  # fmt: skip
 ANNOUNCEMENT = (
     (["The number you have dialed is not in service.",
@@ -59,6 +63,8 @@ ANNOUNCEMENT = (
     (["This number is no longer in service."], 0),
     (["Your call cannot be completed as dialed.", "Please check the number and dial again."], 0),
     (["The mobile phone you are calling is switched off.", "Please try again later."], 0),
+    # worded unlike any sample phrase
+    (["The customer you are calling is temporarily unreachable.", "Please call again later."], 0),
 )  # fmt: skip
 
 

@@ -89,7 +89,11 @@ class Listener:
         elif kind == "start":
             phrases = item[3]
             spare = self._spare[phrases]
-            recognizer = spare.pop() if spare else self._factory(phrases)
+            if spare:
+                recognizer = spare.pop()
+                recognizer.reset()
+            else:
+                recognizer = self._factory(phrases)
             self._calls[call_id] = (CallAnalyzer(recognizer, self._tuning), phrases)
         elif kind == "end":
             entry = self._calls.pop(call_id, None)

@@ -45,8 +45,10 @@ EVERYDAY_PHRASES = (
 
 class Recognizer(Protocol):
     """One utterance at a time: ``start``, ``feed`` 20 ms frames, ``partial`` whenever,
-    ``end`` returns the final text."""
+    ``end`` returns the final text. ``reset`` before another call: forget what this one
+    taught it (a recogniser is reused across calls; building one takes ~0.15 s)."""
 
+    def reset(self) -> None: ...
     def start(self) -> None: ...
     def feed(self, pcm: bytes) -> None: ...
     def partial(self) -> str: ...
@@ -160,6 +162,15 @@ class PocketsphinxRecognizer:
             bestpath=False,
         )
         self._open = False
+
+    def reset(self) -> None:
+        """Drop an unfinished utterance. The channel normalisation (cepstral mean) is
+        kept on purpose: it has adapted to telephone audio, and going back to the model's
+        initial one before each call cost recall (measured on the corpus: separation
+        between machine and human phrase scores fell from 14 to -11 points)."""
+        if self._open:
+            self._decoder.end_utt()
+            self._open = False
 
     def start(self) -> None:
         if self._open:

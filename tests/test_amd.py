@@ -117,11 +117,20 @@ def test_decision_rules() -> None:
     assert decision is not None and decision.signal == "phrase" and decision.seconds == 3.2
     assert machine.feed({"kind": "tone", "tone": "beep", "audio_s": 4.0}) is None  # decided
 
-    cadence = AmdDetector(MATCHER)
+    cadence = AmdDetector(MATCHER)  # talks on: short pauses do not break the monologue
     cadence.feed({"kind": "voice_start", "audio_s": 0.5})
-    assert cadence.feed({"kind": "partial", "text": "hi there", "audio_s": 4.8}) is None
-    decision = cadence.feed({"kind": "partial", "text": "hi there friend", "audio_s": 5.0})
+    assert cadence.feed({"kind": "voice_end", "audio_s": 2.5, "duration": 2.0}) is None
+    cadence.feed({"kind": "voice_start", "audio_s": 3.2})
+    assert cadence.feed({"kind": "partial", "text": "hi there", "audio_s": 5.8}) is None
+    decision = cadence.feed({"kind": "partial", "text": "hi there friend", "audio_s": 6.0})
     assert decision is not None and decision.signal == "cadence"
+
+    waits = AmdDetector(MATCHER)  # "hello?" ... (waits) ... "hello?": a person
+    waits.feed({"kind": "voice_start", "audio_s": 0.5})
+    waits.feed({"kind": "voice_end", "audio_s": 3.0, "duration": 2.5})
+    waits.feed({"kind": "voice_start", "audio_s": 4.5})
+    assert waits.feed({"kind": "voice_end", "audio_s": 7.0, "duration": 2.5}) is None
+    assert waits.verdict(8.0).decision == "human"
 
     late = AmdDetector(MATCHER)  # long speech that starts late is a conversation
     late.feed({"kind": "voice_start", "audio_s": 8.0})
