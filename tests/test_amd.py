@@ -84,6 +84,9 @@ def test_voice_activity_gates_the_recogniser() -> None:
             self.fed = 0
             self.utterances = 0
 
+        def reset(self) -> None:
+            pass
+
         def start(self) -> None:
             self.utterances += 1
 
