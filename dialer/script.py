@@ -50,6 +50,7 @@ import yaml
 from dialer.amd import MACHINE_INTENT, AmdSettings
 from dialer.errors import DialerError
 from dialer.intents import DEFAULT_THRESHOLD, normalise
+from dialer.tts import FESTIVAL_VOICES
 
 END = "end"
 GREETING = "builtin:greeting"  # the default script's chime (dialer.worker.greeting_wav)
@@ -196,6 +197,14 @@ def _scalar(node: yaml.Node, where: _Where, what: str, block: str | None = None)
     return yaml.safe_load(yaml.serialize(node))
 
 
+def _voice(node: yaml.Node, where: _Where, what: str, block: str | None = None) -> str:
+    voice = _text(node, where, what, block)
+    if voice not in FESTIVAL_VOICES and not (voice.startswith("espeak:") and len(voice) > 7):
+        known = ", ".join([*FESTIVAL_VOICES, "espeak:<voice>"])
+        raise where.error(node, f"{what}: unknown voice {voice!r} (known: {known})", block)
+    return voice
+
+
 def _text(node: yaml.Node, where: _Where, what: str, block: str | None = None) -> str:
     value = _scalar(node, where, what, block)
     if not isinstance(value, str) or not value.strip():
@@ -241,7 +250,7 @@ def parse_script(text: str, source: str = "script", base: Path | None = None) ->
     )
     if "version" in top and _scalar(top["version"], where, "version") != 1:
         raise where.error(top["version"], "version must be 1")
-    voice = _text(top["voice"], where, "voice") if "voice" in top else None
+    voice = _voice(top["voice"], where, "voice") if "voice" in top else None
     threshold = (
         _number(top["threshold"], where, "threshold", 1, 100)
         if "threshold" in top
@@ -342,7 +351,7 @@ def _say(body: yaml.Node, where: _Where, base: Path | None, block: str) -> Say:
     _only(keys, {"text", "wav", "voice"}, where, "say", block)
     if ("text" in keys) == ("wav" in keys):
         raise where.error(body, "say needs either text or wav", block)
-    voice = _text(keys["voice"], where, "say.voice", block) if "voice" in keys else None
+    voice = _voice(keys["voice"], where, "say.voice", block) if "voice" in keys else None
     if "text" in keys:
         return Say(text=_text(keys["text"], where, "say.text", block), voice=voice)
     wav = Path(_text(keys["wav"], where, "say.wav", block))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
 from clitools import Run
+
+from billing.storage import Database
+from dialer import store
 
 pytestmark = pytest.mark.usefixtures("isolated")
 
@@ -116,3 +121,30 @@ def test_trunks_and_dnc(acme: Run, tmp_path: Path) -> None:
     dnc.write_text("phone\n+14155550101\nnope\n")
     report = acme.json("dnc", "import", "acme", str(dnc))
     assert report["imported"] == 1 and "line 3" in report["problems"][0]  # type: ignore[index]
+
+
+def test_a_campaign_keeps_its_validated_script(acme: Run, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("blocks:\n  hello:\n    say: hi\n    next: ask\n")
+    message = acme.fails("campaign", "create", "c1", "--account", "acme", "--trunk", "main",
+                         "--script", str(bad))  # fmt: skip
+    assert message == (
+        "error: bad.yaml: block 'hello' (line 3): goes to 'ask', which is not a block (nor 'end')"
+    )
+    assert acme.json("campaign", "list") == {"campaigns": []}  # nothing half-written
+    assert "cannot read script" in acme.fails(
+        "campaign", "create", "c1", "--account", "acme", "--trunk", "main",
+        "--script", str(tmp_path / "none.yaml"),
+    )  # fmt: skip
+    good = tmp_path / "good.yaml"
+    text = "blocks:\n  hello:\n    say: hi\n"
+    good.write_text(text)
+    acme("campaign", "create", "c1", "--account", "acme", "--trunk", "main", "--script", str(good))
+    good.write_text("edited after the campaign was created: not what runs")
+
+    async def stored() -> tuple[str, str]:
+        async with Database(os.environ["DIALER_DATABASE__URL"]) as database:
+            row = await database.run(lambda c: store.campaign_by_name(c, "c1"), write=False)
+            return row.script, row.script_text
+
+    assert asyncio.run(stored()) == (str(good.resolve()), text)

@@ -109,6 +109,9 @@ def test_wav_paths_are_relative_to_the_script(tmp_path: Path, tone_wav: Path) ->
         ("colour: red\nblocks:\n  a: {end: {}}\n", "the script: unknown key 'colour'"),
         ("blocks:\n  a: {end: {}}\n  a: {end: {}}\n", "line 3: blocks: 'a' appears twice"),
         ("blocks:\n  a: {end: 5}\n", "block 'a' (line 2): end takes no settings"),
+        ("blocks:\n  a:\n    say: {text: hi, voice: robot}\n",
+         "block 'a' (line 3): say.voice: unknown voice 'robot' (known: slt, kal, ked, "
+         "espeak:<voice>)"),
         ("amd: {beep: maybe}\nblocks:\n  a: {end: {}}\n", "line 1: amd.beep must be true or false"),
         ("amd: {greeting: 3}\nblocks:\n  a: {end: {}}\n", "amd: unknown key 'greeting'"),
     ],
