@@ -27,6 +27,11 @@ from sip.speech import CallAnalyzer, Tuning
 
 log = structlog.get_logger("sip.listener")
 
+#: Frames older than this when the analysis thread gets to them are skipped (counted in
+#: ``skipped_frames``): a decision made on stale audio would come too late to save
+#: minutes, and catching up would delay every later frame of every call on the line.
+MAX_LAG_SECONDS = 1.0
+
 Emit = Callable[[list[dict[str, Any]]], None]
 _STOP = object()
 
@@ -47,6 +52,7 @@ class Listener:
         self._spare: dict[tuple[str, ...], list[Recognizer]] = defaultdict(list)
         self.cpu_seconds = 0.0  # analysis thread CPU (QA and benchmarks)
         self.audio_seconds = 0.0
+        self.skipped_frames = 0
         self._thread.start()
 
     # -- FrameConsumer (clock thread / SIP thread): queue only -------------------------------
@@ -55,7 +61,7 @@ class Listener:
         self._inbox.put(("start", call_id, clock_rate, tuple(phrases)))
 
     def frame(self, call_id: str, pcm: bytes) -> None:
-        self._inbox.put(("frame", call_id, pcm))
+        self._inbox.put(("frame", call_id, pcm, time.monotonic()))
 
     def call_ended(self, call_id: str) -> None:
         self._inbox.put(("end", call_id))
@@ -83,9 +89,16 @@ class Listener:
         kind, call_id = item[0], item[1]
         if kind == "frame":
             entry = self._calls.get(call_id)
-            if entry is not None:
-                self.audio_seconds += len(item[2]) / 2 / 16000
-                self._send(call_id, entry[0].feed(item[2]))
+            if entry is None:
+                return
+            if time.monotonic() - item[3] > MAX_LAG_SECONDS:
+                if self.skipped_frames % 500 == 0:
+                    log.warning("speech analysis behind: skipping audio", call_id=call_id)
+                self.skipped_frames += 1
+                entry[0].skip()
+                return
+            self.audio_seconds += len(item[2]) / 2 / 16000
+            self._send(call_id, entry[0].feed(item[2]))
         elif kind == "start":
             phrases = item[3]
             spare = self._spare[phrases]

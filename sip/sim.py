@@ -60,7 +60,7 @@ from typing import Any
 import pjsua2 as pj
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sip.audio import is_voiced
+from sip.audio import is_voiced, vector_bytes
 from sip.endpoint import (
     MAX_CALLS,
     add_transports,
@@ -162,7 +162,7 @@ class _Meter(pj.AudioMediaPort):  # type: ignore[misc]
         if not self.active:
             return
         self.frames += 1
-        data = bytes(frame.buf)
+        data = vector_bytes(frame.buf)
         if is_voiced(data):
             self.voiced += 1
 

@@ -192,6 +192,10 @@ class CallAnalyzer:
         facts += self._voice(pcm, voiced, at)
         return facts
 
+    def skip(self) -> None:
+        """A frame that was not analysed (the line fell behind): time still passes."""
+        self.frames += 1
+
     def _voice(self, pcm: bytes, voiced: bool, at: float) -> list[Fact]:
         t = self.tuning
         facts: list[Fact] = []
