@@ -69,10 +69,17 @@ class AmdDetector:
         self.last_voice_end: float | None = None
         self.utterances = 0
         self.transcripts: list[str] = []
+        self.timed = True  # cadence and short-answer rules (times since the answer)
 
     @property
     def transcript(self) -> str:
         return " ".join(self.transcripts)
+
+    def restart_clock(self) -> None:
+        """The caller was with an agent: the line listens again from a new zero. Rules
+        timed from the answer (cadence, the short first answer) no longer apply."""
+        self.voice_since = self.monologue_since = self.last_voice_end = None
+        self.timed = False
 
     def feed(self, fact: Mapping[str, Any]) -> Decision | None:
         """One fact; returns the machine decision the first time there is one."""
@@ -120,6 +127,7 @@ class AmdDetector:
             duration = float(fact.get("duration", 0.0))
             if (
                 decision is None
+                and self.timed
                 and self.utterances == 1
                 and self.human is None
                 and start is not None
@@ -136,7 +144,7 @@ class AmdDetector:
     def _cadence(self, at: float) -> Decision | None:
         s = self.settings
         start = self.monologue_since if self.voice_since is not None else None
-        if not s.cadence or start is None or start > s.cadence_window_s:
+        if not s.cadence or not self.timed or start is None or start > s.cadence_window_s:
             return None
         if at - start >= s.greeting_seconds:
             reason = f"{at - start:.1f} s of talk without waiting from {start:.1f} s (a greeting)"

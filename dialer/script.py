@@ -35,6 +35,8 @@ The target ``end`` always exists: it hangs up. The ``answering_machine`` intent 
 active from the answer whatever block runs, and ends the call (disposition
 ``answering_machine``); it is not routed by ``listen``.
 
+Limits: 256 KiB, at most 300 sample phrases (built-in ones included) of at most 150
+characters (every call carries them to its line), plain YAML (no aliases, no tags).
 Errors name the file, the block and the line: ``spring.yaml: block 'ask' (line 12):
 listen.intents: unknown intent 'maybe'``.
 """
@@ -47,6 +49,7 @@ from typing import Any, Literal
 
 import yaml
 
+from billing.storage import first_line
 from dialer.amd import MACHINE_INTENT, AmdSettings
 from dialer.errors import DialerError
 from dialer.intents import DEFAULT_THRESHOLD, normalise
@@ -55,6 +58,8 @@ from dialer.tts import FESTIVAL_VOICES
 END = "end"
 GREETING = "builtin:greeting"  # the default script's chime (dialer.worker.greeting_wav)
 MAX_SCRIPT_BYTES = 256 * 1024
+MAX_PHRASES = 300  # with the built-in ones; 300 x 150 characters fit a dial message
+MAX_PHRASE_CHARS = 150
 
 #: Carrier announcements and voicemail greetings, active on every call.
 ANSWERING_MACHINE_PHRASES = (
@@ -205,6 +210,13 @@ def _voice(node: yaml.Node, where: _Where, what: str, block: str | None = None) 
     return voice
 
 
+def _name(node: yaml.Node, where: _Where, what: str, block: str | None = None) -> str:
+    """A block name as written (a block may be called `1`: names are keys, kept as text)."""
+    if not isinstance(node, yaml.ScalarNode) or not str(node.value).strip():
+        raise where.error(node, f"{what} must name a block", block)
+    return str(node.value).strip()
+
+
 def _text(node: yaml.Node, where: _Where, what: str, block: str | None = None) -> str:
     value = _scalar(node, where, what, block)
     if not isinstance(value, str) or not value.strip():
@@ -229,6 +241,28 @@ def _only(keys: dict[str, yaml.Node], allowed: set[str], where: _Where, what: st
             )
 
 
+_PLAIN_TAGS = frozenset(
+    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")
+)
+
+
+def _check_tree(node: yaml.Node, where: _Where, seen: set[int]) -> None:
+    """Plain YAML only: no aliases (one anchor could multiply phrases into millions) and
+    no tags beyond str/int/float/bool/null/map/seq."""
+    if id(node) in seen:
+        raise where.error(node, "aliases (*name) are not allowed in a script")
+    seen.add(id(node))
+    if node.tag not in _PLAIN_TAGS:
+        raise where.error(node, f"the tag {node.tag!r} is not allowed in a script")
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            _check_tree(key, where, seen)
+            _check_tree(value, where, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_tree(item, where, seen)
+
+
 def parse_script(text: str, source: str = "script", base: Path | None = None) -> Script:
     where = _Where(source)
     try:
@@ -238,8 +272,20 @@ def parse_script(text: str, source: str = "script", base: Path | None = None) ->
         at = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ScriptError(f"{source}: {at}not valid YAML: {problem}") from None
+    except RecursionError:
+        raise ScriptError(f"{source}: nested too deeply") from None
     if root is None:
         raise ScriptError(f"{source}: the script is empty")
+    try:
+        _check_tree(root, where, set())
+        return _parse(root, where, source, base)
+    except RecursionError:
+        raise ScriptError(f"{source}: nested too deeply") from None
+    except (yaml.YAMLError, ValueError, KeyError, TypeError) as exc:  # a value YAML can't read
+        raise ScriptError(f"{source}: not a valid script: {first_line(exc)}") from None
+
+
+def _parse(root: yaml.Node, where: _Where, source: str, base: Path | None) -> Script:
     top = _mapping(root, where, "the script")
     _only(
         top,
@@ -267,14 +313,23 @@ def parse_script(text: str, source: str = "script", base: Path | None = None) ->
             for item, sample in zip(node.value, samples, strict=True):
                 if not normalise(sample):
                     raise where.error(item, f"intent {name!r}: {sample!r} has no words")
+                if len(sample) > MAX_PHRASE_CHARS:
+                    raise where.error(
+                        item, f"intent {name!r}: a sample phrase is longer than "
+                        f"{MAX_PHRASE_CHARS} characters",
+                    )  # fmt: skip
             intents[name] = intents.get(name, ()) + samples
+    count = sum(len(samples) for samples in intents.values())
+    if count > MAX_PHRASES:
+        # every call carries the phrases to its line (the pipe's messages are small)
+        raise where.error(top["intents"], f"intents: {count} sample phrases, at most {MAX_PHRASES}")
     if "blocks" not in top:
         raise where.error(root, "no blocks: a script needs at least one block")
     block_nodes = _mapping(top["blocks"], where, "blocks")
     if not block_nodes:
         raise where.error(top["blocks"], "no blocks: a script needs at least one block")
     blocks = {name: _block(name, node, where, base, intents) for name, node in block_nodes.items()}
-    start = _text(top["start"], where, "start") if "start" in top else next(iter(blocks))
+    start = _name(top["start"], where, "start") if "start" in top else next(iter(blocks))
     if start not in blocks and start != END:
         raise where.error(top["start"], f"start: no block named {start!r}")
     for block in blocks.values():
@@ -325,7 +380,7 @@ def _block(name: str, node: yaml.Node, where: _Where, base: Path | None,
         )  # fmt: skip
     kind = kinds[0]
     _only(keys, {kind, "next"}, where, "a block", name)
-    nxt = _text(keys["next"], where, "next", name) if "next" in keys else END
+    nxt = _name(keys["next"], where, "next", name) if "next" in keys else END
     body = keys[kind]
     line = node.start_mark.line + 1
     action: Action
@@ -383,9 +438,9 @@ def _listen(body: yaml.Node, where: _Where, intents: dict[str, tuple[str, ...]],
                 )  # fmt: skip
             if intent not in intents:
                 raise where.error(target, f"listen.intents: unknown intent {intent!r}", block)
-            routes[intent] = _text(target, where, f"listen.intents.{intent}", block)
+            routes[intent] = _name(target, where, f"listen.intents.{intent}", block)
     no_match = (
-        _text(keys["no_match"], where, "listen.no_match", block) if "no_match" in keys else END
+        _name(keys["no_match"], where, "listen.no_match", block) if "no_match" in keys else END
     )
     return Listen(timeout, routes, no_match)
 
@@ -404,7 +459,7 @@ def _transfer(body: yaml.Node, where: _Where, block: str) -> Transfer:
             keys["mode"], f"transfer.mode must be bridge or refer, got {mode!r}", block
         )
     on_failure = (
-        _text(keys["on_failure"], where, "transfer.on_failure", block)
+        _name(keys["on_failure"], where, "transfer.on_failure", block)
         if "on_failure" in keys
         else END
     )

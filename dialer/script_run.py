@@ -98,7 +98,7 @@ class ScriptRun:
         return []
 
     def timer(self, now: float) -> list[LineAction]:
-        if self.deadline is None or now < self.deadline or self.ended:
+        if self.deadline is None or now < self.deadline or self.ended or self.with_agent:
             return []
         self.deadline = None
         block = self.block
@@ -108,6 +108,8 @@ class ScriptRun:
 
     def agent_answered(self, mode: str) -> None:
         self.with_agent = mode == "bridge"
+        if self.with_agent:
+            self.amd.restart_clock()  # the line listens again from zero after the agent
 
     def agent_failed(self, now: float) -> list[LineAction]:
         block = self.block
@@ -116,11 +118,29 @@ class ScriptRun:
         return []
 
     def agent_ended(self, now: float) -> list[LineAction]:
-        """The agent left a bridged call: the caller is back with the bot."""
+        """The agent left a bridged call: the caller is back with the bot, where the
+        script was (a transfer from outside the script, `transfer_after`, may have cut a
+        prompt: the bridge stopped it, so the script moves on)."""
         self.with_agent = False
         block = self.block
-        if block is not None and isinstance(block.action, Transfer) and not self.ended:
+        if block is None or self.ended:
+            return []
+        if isinstance(block.action, Transfer | Say):
             return self._enter(block.next, now)
+        if isinstance(block.action, Listen):
+            return self._enter(block.name, now)  # listen afresh, with a fresh timeout
+        return []
+
+    def line_error(self, now: float) -> list[LineAction]:
+        """The line could not do what the block asked (a prompt that cannot play, a
+        transfer that cannot start): go on as if it had finished or failed."""
+        block = self.block
+        if block is None or self.ended or self.with_agent:
+            return []
+        if isinstance(block.action, Say):
+            return self._enter(block.next, now)
+        if isinstance(block.action, Transfer):
+            return self._enter(block.action.on_failure, now)
         return []
 
     # -- blocks ---------------------------------------------------------------------------

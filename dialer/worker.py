@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import math
 import struct
-import tempfile
 import time
 import uuid
 import wave
@@ -33,12 +32,11 @@ from sqlalchemy import Connection
 from billing.ledger import BalanceSignal, Ledger, SignalKind
 from billing.meter import CallMeter, Debit
 from billing.period import utcnow
-from billing.storage import Database
+from billing.storage import Database, first_line
 from billing.tariff import Counter, TrunkKind
 from dialer import store
 from dialer.campaign_state import Action, CampaignState, transition
 from dialer.campaigns import pause_for_balance, status_of
-from dialer.errors import DialerError
 from dialer.pacing import TokenBucket
 from dialer.retry import Disposition, RetryPolicy
 from dialer.script import GREETING, Say, Script, script_of
@@ -46,10 +44,12 @@ from dialer.script_run import HangUp, LineAction, Play, ScriptRun, StartTransfer
 from dialer.tts import synthesise
 from dialer.windows import CallingWindow, parse_zone
 from sip.pool import LinePool, PoolError
+from sip.recognizer import private_temp_dir
 
 log = structlog.get_logger("dialer.worker")
 
 REFRESH_SECONDS = 0.5
+SCRIPT_RETRY_SECONDS = 60.0
 LOOP_SECONDS = 0.05
 LEASE_SECONDS = 900
 
@@ -68,6 +68,10 @@ def disposition_of_failure(event: dict[str, Any]) -> Disposition:
     if status in (408, 480, 487):
         return Disposition.NO_ANSWER
     return Disposition.FAILED
+
+
+def session_audio(run: ScriptRun, block: str) -> str:
+    return run.audio.get(block, "")
 
 
 def wall(at: float | None) -> datetime | None:
@@ -144,9 +148,11 @@ class Worker:
         self.ledger = ledger
         self.pool = pool
         self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:8]}"
-        self.assets = assets or Path(tempfile.gettempdir()) / "dialer-assets"
+        self.assets = assets or private_temp_dir("dialer-assets")
         self.greeting = str(greeting_wav(self.assets))
-        self._scripts: dict[tuple[int, str | None], tuple[Script, dict[str, str]] | None] = {}
+        self._scripts: dict[tuple[int, str | None], tuple[Script, dict[str, str]]] = {}
+        self._preparing: dict[tuple[int, str | None], asyncio.Task[None]] = {}
+        self._retry_at: dict[tuple[int, str | None], float] = {}
         self.trunks = trunks or {}
         self.ring_timeout = ring_timeout
         self.sessions: dict[str, Session] = {}
@@ -175,6 +181,8 @@ class Worker:
             log.info("stopping: no new calls", calls_up=len(self.sessions))
             await self._drain(drain_seconds)
         finally:
+            for task in list(self._preparing.values()):
+                task.cancel()
             router.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await router
@@ -215,10 +223,19 @@ class Worker:
         self._refreshed = time.monotonic()
 
     async def _script(self, row: Any) -> tuple[Script, dict[str, str]] | None:
-        """The campaign's script with its prompts synthesised (once per script text)."""
+        """The campaign's script with its prompts synthesised, once per script text. The
+        synthesis runs beside the dialling (seconds per prompt; other campaigns go on);
+        until it is done the campaign waits. A failure is logged and tried again later."""
         key = (row.id, row.script_text)
-        if key in self._scripts:
-            return self._scripts[key]
+        ready = self._scripts.get(key)
+        if ready is not None:
+            return ready
+        task = self._preparing.get(key)
+        if task is None and time.monotonic() >= self._retry_at.get(key, 0.0):
+            self._preparing[key] = asyncio.create_task(self._prepare(key, row))
+        return None
+
+    async def _prepare(self, key: tuple[int, str | None], row: Any) -> None:
         try:
             script = script_of(row.script, row.script_text)
             audio: dict[str, str] = {}
@@ -234,13 +251,22 @@ class Worker:
                             synthesise, action.text, action.voice or script.voice, self.assets
                         )
                         audio[block.name] = str(wav)
-        except DialerError as exc:
-            # refused once, logged; the campaign's other runs are not held up by it
-            log.error("campaign script unusable: not dialling", campaign=row.name, error=str(exc))
-            self._scripts[key] = None
-            return None
-        self._scripts[key] = (script, audio)
-        return script, audio
+            self._scripts[key] = (script, audio)
+        except Exception as exc:  # a script or prompt that cannot be used now: say so, retry
+            log.error("campaign script unusable: not dialling it yet", campaign=row.name,
+                      error=first_line(exc), retry_in=SCRIPT_RETRY_SECONDS)  # fmt: skip
+            self._retry_at[key] = time.monotonic() + SCRIPT_RETRY_SECONDS
+        finally:
+            self._preparing.pop(key, None)
+
+    def _forget_prompt(self, wav: str) -> None:
+        """A prompt the line could not play (a temp cleaner took the cache?): the scripts
+        using it are prepared again before their next calls."""
+        for key, (_, audio) in list(self._scripts.items()):
+            if wav in audio.values() and wav != self.greeting:
+                del self._scripts[key]
+        if wav == self.greeting:
+            greeting_wav(self.assets)
 
     async def _dial_round(self) -> None:
         if time.monotonic() - self._refreshed >= REFRESH_SECONDS:
@@ -344,7 +370,7 @@ class Worker:
                 headers={"X-Campaign": row.name},
                 listen=view.script.phrases(),
             )
-        except PoolError as exc:
+        except (PoolError, ValueError) as exc:  # ValueError: a command the pipe refuses
             # no INVITE left: the attempt does not count
             del self.sessions[call_id]
             log.warning("dial refused", call_id=call_id, error=str(exc))
@@ -490,6 +516,12 @@ class Worker:
                 elif name == "agent_ended":
                     await self._debit(session, session.meter.agent_ended(at))
                     await self._act(session, run.agent_ended(at), log_)
+                elif name == "error":
+                    log_.warning("line could not do it", message=event.get("message"))
+                    block = run.block
+                    if block is not None and isinstance(block.action, Say):
+                        self._forget_prompt(session_audio(run, block.name))
+                    await self._act(session, run.line_error(at), log_)
                 elif name in ("hangup", "failed", "interrupted"):
                     await self._finish(session, event, at)
                     log_.info("call ended", disposition=session.cdr["disposition"])

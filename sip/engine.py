@@ -524,6 +524,8 @@ class SipEngine:
             if not record.answered:
                 record.answered = True
                 self._emit("answered", call_id=record.call_id, at=wall, mono=mono)
+                if record.audio is not None:
+                    self._attach_tap(record)  # listening starts at the answer
                 if record.pending_wav and record.audio is not None:
                     self._play(record, record.pending_wav)
         elif state == pj.PJSIP_INV_STATE_DISCONNECTED:
@@ -590,6 +592,8 @@ class SipEngine:
         # someone listens (the call asked for it, or measure_audio for QA).
         if record.listen is None and not self.config.measure_audio:
             return
+        if not record.answered:
+            return  # early media (ringback, 183 announcements) is not the callee answering
         if record.tap is None and self._idle_taps and record.audio is not None:
             tap = self._idle_taps.pop()
             tap.frames = tap.voiced = 0

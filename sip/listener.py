@@ -15,7 +15,6 @@ import contextlib
 import queue
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,7 +22,7 @@ import structlog
 
 from sip.protocol import event
 from sip.recognizer import Recognizer, RecognizerFactory, pocketsphinx_factory
-from sip.speech import CallAnalyzer, Tuning
+from sip.speech import SAMPLE_RATE, CallAnalyzer, Tuning
 
 log = structlog.get_logger("sip.listener")
 
@@ -31,6 +30,7 @@ log = structlog.get_logger("sip.listener")
 #: ``skipped_frames``): a decision made on stale audio would come too late to save
 #: minutes, and catching up would delay every later frame of every call on the line.
 MAX_LAG_SECONDS = 1.0
+MAX_SPARE_RECOGNIZERS = 8  # ~7 MiB each: kept for reuse, the oldest phrase sets go first
 
 Emit = Callable[[list[dict[str, Any]]], None]
 _STOP = object()
@@ -49,7 +49,8 @@ class Listener:
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="listener", daemon=True)
         self._calls: dict[str, tuple[CallAnalyzer, tuple[str, ...]]] = {}
-        self._spare: dict[tuple[str, ...], list[Recognizer]] = defaultdict(list)
+        # spare recognisers per phrase set, least recently used first
+        self._spare: dict[tuple[str, ...], list[Recognizer]] = {}
         self.cpu_seconds = 0.0  # analysis thread CPU (QA and benchmarks)
         self.audio_seconds = 0.0
         self.skipped_frames = 0
@@ -100,11 +101,16 @@ class Listener:
             self.audio_seconds += len(item[2]) / 2 / 16000
             self._send(call_id, entry[0].feed(item[2]))
         elif kind == "start":
+            if item[2] != SAMPLE_RATE:
+                log.error("cannot listen: unexpected clock rate", call_id=call_id, rate=item[2])
+                return
             phrases = item[3]
-            spare = self._spare[phrases]
+            spare = self._spare.get(phrases)
             if spare:
                 recognizer = spare.pop()
                 recognizer.reset()
+                if not spare:
+                    del self._spare[phrases]
             else:
                 recognizer = self._factory(phrases)
             self._calls[call_id] = (CallAnalyzer(recognizer, self._tuning), phrases)
@@ -114,7 +120,16 @@ class Listener:
                 analyzer, phrases = entry
                 self._send(call_id, analyzer.finish())
                 if analyzer.recognizer is not None:
-                    self._spare[phrases].append(analyzer.recognizer)
+                    spares = self._spare.pop(phrases, [])  # back in: most recently used
+                    self._spare[phrases] = [*spares, analyzer.recognizer]
+                    self._trim_spares()
+
+    def _trim_spares(self) -> None:
+        while sum(len(v) for v in self._spare.values()) > MAX_SPARE_RECOGNIZERS:
+            oldest = next(iter(self._spare))
+            self._spare[oldest].pop(0)
+            if not self._spare[oldest]:
+                del self._spare[oldest]
 
     def _send(self, call_id: str, facts: list[dict[str, Any]]) -> None:
         if facts:

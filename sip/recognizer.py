@@ -15,11 +15,13 @@ the phrases word for word at 0.06 real-time factor. The everyday corpus keeps a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import math
 import os
 import re
+import stat
 import tempfile
 import threading
 from collections import Counter, defaultdict
@@ -123,6 +125,18 @@ def unknown_words(phrases: Iterable[str]) -> list[str]:
     return sorted({w for p in phrases for w in words_of(p) if w not in known})
 
 
+def private_temp_dir(name: str) -> Path:
+    """A per-user cache folder under the temp dir (mode 0700, ours, not a symlink): files
+    read from it steer recognition and playback, so no other local user may plant them."""
+    folder = Path(tempfile.gettempdir()) / f"{name}-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    info = folder.lstat()
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return Path(tempfile.mkdtemp(prefix=f"{name}-"))  # someone else's: a fresh one
+    return folder
+
+
 def vocabulary_files(phrases: Sequence[str], folder: Path | None = None) -> tuple[Path, Path]:
     """The language model and dictionary for these phrases, written once per phrase set
     (content-addressed in a temp folder, shared by every call that listens for them)."""
@@ -130,7 +144,7 @@ def vocabulary_files(phrases: Sequence[str], folder: Path | None = None) -> tupl
     sentences = [[w for w in words_of(p) if w in known] for p in (*phrases, *EVERYDAY_PHRASES)]
     sentences = [s for s in sentences if s]
     key = hashlib.sha256("\n".join(" ".join(s) for s in sentences).encode()).hexdigest()[:16]
-    folder = folder or Path(tempfile.gettempdir()) / "dialer-asr"
+    folder = folder or private_temp_dir("dialer-asr")
     lm, dic = folder / f"{key}.arpa", folder / f"{key}.dict"
     if not (lm.exists() and dic.exists()):
         folder.mkdir(parents=True, exist_ok=True)

@@ -102,3 +102,27 @@ def test_a_line_that_falls_behind_skips_stale_audio(monkeypatch: Any) -> None:
     # the call's clock kept running through the skipped frames (4 s of audio in all)
     [end] = [e for e in events if e.get("kind") == "voice_end"]
     assert 3.0 <= end["audio_s"] <= 4.0
+
+
+def test_spare_recognisers_are_capped_oldest_phrase_set_first() -> None:
+    events: list[dict[str, Any]] = []
+    done = threading.Event()
+    made: list[tuple[str, ...]] = []
+
+    def factory(phrases: Sequence[str]) -> Recognizer:
+        made.append(tuple(phrases))
+        return Slow(0.0, "")
+
+    listener = Listener(collect(events, done, "never"), factory)
+    try:
+        for n in range(12):  # 12 phrase sets, each call ends before the next starts
+            listener.call_started(f"c{n}", 16000, [f"phrase {n}"])
+            listener.call_ended(f"c{n}")
+        listener.call_started("again", 16000, ["phrase 11"])  # recent: reused
+        listener.call_started("old", 16000, ["phrase 0"])  # dropped: built again
+        listener.call_started("odd", 8000, ["phrase 5"])  # not the tap's rate: refused
+    finally:
+        listener.close()
+    assert len(made) == 13 and made[-1] == ("phrase 0",)
+    assert sum(len(v) for v in listener._spare.values()) <= listener_module.MAX_SPARE_RECOGNIZERS
+    assert "odd" not in listener._calls

@@ -109,6 +109,15 @@ def test_wav_paths_are_relative_to_the_script(tmp_path: Path, tone_wav: Path) ->
         ("colour: red\nblocks:\n  a: {end: {}}\n", "the script: unknown key 'colour'"),
         ("blocks:\n  a: {end: {}}\n  a: {end: {}}\n", "line 3: blocks: 'a' appears twice"),
         ("blocks:\n  a: {end: 5}\n", "block 'a' (line 2): end takes no settings"),
+        ("voice: !foo slt\nblocks:\n  a: {end: {}}\n", "line 1: the tag '!foo' is not allowed"),
+        ("threshold: !!int abc\nblocks:\n  a: {end: {}}\n", "s.yaml: not a valid script: "),
+        ("intents:\n  x: &a [hello, there]\n  y: *a\nblocks:\n  a: {end: {}}\n",
+         "line 2: aliases (*name) are not allowed"),
+        ("intents:\n  x: [" + ", ".join(f"p {i}" for i in range(290)) + "]\nblocks:\n  a: {end: {}}\n",
+         "line 2: intents: 312 sample phrases, at most 300"),
+        ("intents:\n  x: ['" + "word " * 40 + "']\nblocks:\n  a: {end: {}}\n",
+         "a sample phrase is longer than 150 characters"),
+        ("blocks: " + "[" * 3000 + "]" * 3000 + "\n", "s.yaml: nested too deeply"),
         ("blocks:\n  a:\n    say: {text: hi, voice: robot}\n",
          "block 'a' (line 3): say.voice: unknown voice 'robot' (known: slt, kal, ked, "
          "espeak:<voice>)"),
@@ -122,6 +131,11 @@ def test_script_errors_name_the_block_and_line(tmp_path: Path, text: str, messag
     with pytest.raises(ScriptError) as error:
         load_script(path)
     assert message in str(error.value)
+
+
+def test_block_names_are_text_even_when_they_look_like_numbers() -> None:
+    script = parse_script("start: 1\nblocks:\n  2: {end: {}}\n  1: {say: hi, next: 2}\n")
+    assert script.start == "1" and script.blocks["1"].next == "2"
 
 
 def test_unreadable_scripts_are_refused_cleanly(tmp_path: Path) -> None:
@@ -190,3 +204,30 @@ def test_listen_routes_intents_times_out_and_transfers() -> None:
     failed.play_done(2.0)
     failed.speech({"kind": "final", "text": "sure", "audio_s": 3}, 3.0)
     assert failed.agent_failed(5.0) == [Play("/b.wav")]  # on_failure
+
+
+def test_agents_pause_the_script_and_line_errors_move_it_on() -> None:
+    script = parse_script(GOOD, "spring.yaml")
+    audio = {"hello": "/h.wav", "bye": "/b.wav"}
+    run = ScriptRun(script, audio)
+    run.answered(0.0)
+    run.play_done(2.0)  # listening, timeout at 8.0
+    run.agent_answered("bridge")  # a transfer from outside the script (transfer_after)
+    assert run.timer(9.0) == []  # no listen timeout while the caller is with the agent
+    # after the agent the bot listens afresh; the answer-timed AMD rules are off
+    assert run.agent_ended(20.0) == [] and run.deadline == 26.0
+    run.speech({"kind": "voice_start", "audio_s": 0.5}, 20.5)
+    assert run.speech({"kind": "partial", "text": "so as i was saying", "audio_s": 9.0}, 29) == []
+    assert not run.ended
+
+    cut = ScriptRun(script, audio)
+    cut.answered(0.0)  # saying hello when the bridge cut the prompt
+    cut.agent_answered("bridge")
+    assert cut.agent_ended(15.0) == []  # hello's next is the listen block
+    assert cut.block is not None and cut.block.name == "ask"
+
+    broken = ScriptRun(script, audio)
+    broken.answered(0.0)
+    assert broken.line_error(0.1) == []  # hello could not play: on to ask
+    broken.speech({"kind": "final", "text": "sure", "audio_s": 1.0}, 1.0)
+    assert broken.line_error(1.5) == [Play("/b.wav")]  # the transfer failed: on_failure
