@@ -113,7 +113,8 @@ def test_wav_paths_are_relative_to_the_script(tmp_path: Path, tone_wav: Path) ->
         ("threshold: !!int abc\nblocks:\n  a: {end: {}}\n", "s.yaml: not a valid script: "),
         ("intents:\n  x: &a [hello, there]\n  y: *a\nblocks:\n  a: {end: {}}\n",
          "line 2: aliases (*name) are not allowed"),
-        ("intents:\n  x: [" + ", ".join(f"p {i}" for i in range(290)) + "]\nblocks:\n  a: {end: {}}\n",
+        ("intents:\n  x: [" + ", ".join(f"p {i}" for i in range(290))
+         + "]\nblocks:\n  a: {end: {}}\n",
          "line 2: intents: 312 sample phrases, at most 300"),
         ("intents:\n  x: ['" + "word " * 40 + "']\nblocks:\n  a: {end: {}}\n",
          "a sample phrase is longer than 150 characters"),
