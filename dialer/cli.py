@@ -21,11 +21,11 @@ from rich.console import Console
 from rich.table import Table
 
 from billing.errors import BillingError
-from billing.ledger import Ledger, UsageReport, parse_minutes
+from billing.ledger import Ledger, UsageReport
 from billing.period import Period, utcnow
 from billing.storage import Database, describe, first_line
-from billing.tariff import Counter, parse_counter
-from dialer import db
+from billing.tariff import Counter
+from dialer import db, service
 from dialer.config import ConfigError, Settings, load_settings
 from dialer.errors import DialerError
 from dialer.logs import configure_logging, redact_text
@@ -169,33 +169,20 @@ def billing_topup(
 ) -> None:
     """Buy a minute package: pays off a negative balance first, then accumulates."""
     structlog.contextvars.bind_contextvars(account=account)
-    which = parse_counter(counter)
-    whole = parse_minutes(minutes)
-    result = run(lambda ledger: ledger.buy_package(account, which, whole, reference=reference))
+    result = run(lambda ledger: service.topup(ledger, account, counter, minutes, reference))
     structlog.get_logger().debug(
-        "package bought",
-        counter=which.value,
-        minutes=whole,
-        replayed=result.replayed,
-    )
+        "package bought", counter=result["counter"], minutes=result["minutes"],
+        replayed=result["replayed"],
+    )  # fmt: skip
     if as_json:
-        emit_json(
-            {
-                "account": account,
-                "counter": which.value,
-                "minutes": whole,
-                "balance_seconds": result.balance_seconds,
-                "replayed": result.replayed,
-                "restored": result.signal is not None,
-            }
-        )
+        emit_json(result)
         return
-    note = " (already recorded under this reference: nothing added)" if result.replayed else ""
+    note = " (already recorded under this reference: nothing added)" if result["replayed"] else ""
     stdout.print(
-        f"{account}: +{whole} min {which.value}{note}; balance now "
-        f"{format_seconds(result.balance_seconds)}"
+        f"{account}: +{result['minutes']} min {result['counter']}{note}; balance now "
+        f"{format_seconds(result['balance_seconds'])}"
     )
-    if result.signal is not None:
+    if result["restored"]:
         stdout.print(
             "balance positive again; campaigns paused for balance stay paused until resumed"
         )
@@ -204,18 +191,14 @@ def billing_topup(
 @billing_app.command("balance")
 def billing_balance(account: str, as_json: JsonOpt = False) -> None:
     """Show the balance of every counter."""
-    balances = run(lambda ledger: ledger.balances(account))
+    document = run(lambda ledger: service.balance(ledger, account))
     if as_json:
-        emit_json(
-            {
-                "account": account,
-                "counters": {c.value: {"balance_seconds": balances[c]} for c in Counter},
-            }
-        )
+        emit_json(document)
         return
     table = Table("counter", "balance", "seconds", title=f"account {account}")
-    for c in Counter:
-        table.add_row(c.value, format_seconds(balances[c]), str(balances[c]))
+    for name, counter in document["counters"].items():
+        seconds = counter["balance_seconds"]
+        table.add_row(name, format_seconds(seconds), str(seconds))
     stdout.print(table)
 
 
@@ -380,7 +363,8 @@ def _split_config(argv: list[str]) -> Iterator[str]:
 
 def main(argv: list[str] | None = None) -> int:
     import dialer.cli_amd
-    import dialer.cli_campaigns  # noqa: F401
+    import dialer.cli_campaigns
+    import dialer.cli_events  # noqa: F401
 
     args = list(sys.argv[1:] if argv is None else argv)
     configure_logging()  # until the configuration is read: stderr, never stdout

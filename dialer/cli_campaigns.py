@@ -22,14 +22,13 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from sqlalchemy import Connection, select
 
-from dialer import store
+from dialer import service, store
 from dialer.campaign_state import Action
 from dialer.campaigns import (
     CampaignSpec,
     ImportReport,
     add_trunk,
     campaign_status,
-    change_state,
     create_campaign,
     import_contacts,
     import_dnc,
@@ -149,13 +148,13 @@ def campaign_import(campaign: str, file: Path, as_json: JsonOpt = False) -> None
 
 def _state_command(action: Action) -> Any:
     def command(campaign: str, as_json: JsonOpt = False) -> None:
-        status = run(lambda ledger: change_state(ledger.database, ledger.tariff, campaign, action))
+        status = run(lambda ledger: service.campaign_command(ledger, campaign, action.value))
         if as_json:
-            emit_json({"campaign": campaign, "state": status.state.value,
-                       "pause_reason": status.pause_reason})  # fmt: skip
+            emit_json({"campaign": campaign, "state": status["state"],
+                       "pause_reason": status["pause_reason"]})  # fmt: skip
         else:
-            reason = f" ({status.pause_reason.value})" if status.pause_reason else ""
-            stdout.print(f"campaign {campaign}: {status.state.value}{reason}")
+            reason = f" ({status['pause_reason']})" if status["pause_reason"] else ""
+            stdout.print(f"campaign {campaign}: {status['state']}{reason}")
 
     command.__doc__ = f"{action.value.capitalize()} a campaign."
     return command

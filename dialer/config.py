@@ -46,10 +46,12 @@ class SipConfig(Section):
 
 
 class MqttConfig(Section):
-    url: str | None = None
+    url: str | None = None  # mqtt://host:1883 or mqtts://host:8883; none: no MQTT
     username: str | None = None
     password: SecretStr | None = None
     tls: bool = False
+    ca_file: str | None = None  # CA bundle for TLS (default: the system's)
+    buffer_events: int = Field(default=10_000, ge=100, le=10_000_000)
 
 
 class BillingConfig(Section):

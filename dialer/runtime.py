@@ -11,7 +11,9 @@ from typing import Any
 from billing.ledger import Ledger
 from billing.storage import Database
 from dialer import db, store
-from dialer.config import Settings
+from dialer.config import MqttConfig, Settings
+from dialer.events import EventBuffer, Events
+from dialer.mqtt import MqttBridge
 from dialer.worker import Worker
 from sip.pool import LinePool, PoolConfig
 from sip.protocol import TrunkConfig
@@ -44,6 +46,7 @@ async def running_worker(
     ring_timeout: float = 30.0,
     drain_seconds: float = 30.0,
     assets: Path | None = None,
+    mqtt: MqttConfig | None = None,
 ) -> AsyncIterator[Worker]:
     """A worker dialling until the block ends; leaving it stops the worker gracefully
     (no new calls, calls up get ``drain_seconds``, then are hung up and settled)."""
@@ -56,6 +59,7 @@ async def running_worker(
         trunks=trunk_configs(rows),
     )
     stop = asyncio.Event()
+    events = Events(EventBuffer(mqtt.buffer_events)) if mqtt is not None and mqtt.url else None
     async with LinePool(config) as pool:
         worker = Worker(
             database,
@@ -64,13 +68,26 @@ async def running_worker(
             assets=assets,
             trunks={r.name: r for r in rows},
             ring_timeout=ring_timeout,
+            events=events,
         )
+        bridge_stop = asyncio.Event()
+        bridge: asyncio.Task[None] | None = None
+        if events is not None and mqtt is not None and mqtt.url:
+            worker.bridge = MqttBridge(
+                mqtt.url, ledger, events, worker.worker_id, username=mqtt.username,
+                password=mqtt.password.get_secret_value() if mqtt.password else None,
+                tls=mqtt.tls, ca_file=mqtt.ca_file,
+            )  # fmt: skip
+            bridge = asyncio.create_task(worker.bridge.run(bridge_stop), name="mqtt")
         task = asyncio.create_task(worker.run(stop, drain_seconds))
         try:
             yield worker
         finally:
             stop.set()
             await task
+            if bridge is not None:  # after the worker: its last events go out too
+                bridge_stop.set()
+                await bridge
 
 
 async def run_worker(
@@ -93,6 +110,7 @@ async def run_worker(
             rtp_port=cfg.sip.rtp_port_base,
             bind_address=cfg.sip.bind_address,
             drain_seconds=drain_seconds,
+            mqtt=cfg.mqtt,
         ):
             await stop.wait()
     finally:

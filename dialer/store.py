@@ -98,6 +98,13 @@ def running_campaigns(conn: Connection) -> Sequence[Any]:
     ).all()
 
 
+def campaign_states(conn: Connection) -> Sequence[Any]:
+    """Every campaign's name, account, state and pause reason (event diffs)."""
+    return conn.execute(
+        select(CAMPAIGN.c.name, CAMPAIGN.c.account, CAMPAIGN.c.state, CAMPAIGN.c.pause_reason)
+    ).all()
+
+
 def campaigns_of_account(conn: Connection, account: str) -> Sequence[Any]:
     return conn.execute(select(CAMPAIGN).where(CAMPAIGN.c.account == account)).all()
 

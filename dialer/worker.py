@@ -36,7 +36,8 @@ from billing.storage import Database, first_line
 from billing.tariff import Counter, TrunkKind
 from dialer import store
 from dialer.campaign_state import Action, CampaignState, transition
-from dialer.campaigns import pause_for_balance, status_of
+from dialer.campaigns import campaign_status, pause_for_balance, status_of
+from dialer.events import Events
 from dialer.pacing import TokenBucket
 from dialer.retry import Disposition, RetryPolicy
 from dialer.script import GREETING, Say, Script, script_of
@@ -49,6 +50,7 @@ from sip.recognizer import private_temp_dir
 log = structlog.get_logger("dialer.worker")
 
 REFRESH_SECONDS = 0.5
+STATUS_SECONDS = 5.0
 SCRIPT_RETRY_SECONDS = 60.0
 LOOP_SECONDS = 0.05
 LEASE_SECONDS = 900
@@ -143,8 +145,11 @@ class Worker:
         assets: Path | None = None,
         trunks: dict[str, Any] | None = None,
         ring_timeout: float = 30.0,
+        events: Events | None = None,
     ) -> None:
         self.db = db
+        self.events = events
+        self.bridge: Any = None  # the MQTT bridge, when the runtime made one
         self.ledger = ledger
         self.pool = pool
         self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:8]}"
@@ -163,6 +168,8 @@ class Worker:
         self.campaigns: dict[int, CampaignView] = {}
         self.trunk_buckets: dict[str, TokenBucket] = {}
         self._stopping = False
+        self._states: dict[str, tuple[str, str, str | None]] = {}  # name: account, state, why
+        self._status_at = 0.0
         self._paused_accounts: set[str] = set()
         self._refreshed = 0.0
         ledger.subscribe(self._on_signal)
@@ -221,6 +228,29 @@ class Worker:
             )
         self.campaigns = fresh
         self._refreshed = time.monotonic()
+        if self.events is not None:
+            await self._publish_states()
+
+    async def _publish_states(self) -> None:
+        """Campaign state changes, whoever made them (this worker, the CLI, MQTT), and the
+        retained status documents: on a change, and every STATUS_SECONDS while running."""
+        assert self.events is not None
+        rows = await self.db.run(store.campaign_states, write=False)
+        periodic = time.monotonic() - self._status_at >= STATUS_SECONDS
+        if periodic:
+            self._status_at = time.monotonic()
+        for row in rows:
+            now = (row.account, row.state, row.pause_reason)
+            before = self._states.get(row.name)
+            self._states[row.name] = now
+            if before != now:
+                self.events.emit(
+                    "campaign.state", account=row.account, campaign=row.name, state=row.state,
+                    pause_reason=row.pause_reason, previous=before[1] if before else None,
+                )  # fmt: skip
+            if before != now or (periodic and row.state == "running"):
+                status = await campaign_status(self.db, row.name)
+                self.events.status(row.account, row.name, status)
 
     async def _script(self, row: Any) -> tuple[Script, dict[str, str]] | None:
         """The campaign's script with its prompts synthesised, once per script text. The
@@ -377,6 +407,7 @@ class Worker:
             await self.db.run(lambda conn: store.unclaim(conn, contact.contact_id))
             return False
         session.cdr["line"] = session.line
+        self._emit("call.dialing", session, phone=contact.phone, attempt=contact.attempt)
         await self.db.run(lambda conn: store.write_call(conn, session.cdr))
         session.task = asyncio.create_task(self._run_session(session), name=call_id)
         return True
@@ -406,9 +437,21 @@ class Worker:
             self._exhaustions[signal.account] = self._exhaustions.get(signal.account, 0) + 1
             self.exhausted_with_calls_up.append(len(self.sessions))
             self.exhausted_at.append(time.time())  # after the exhausting debit committed
+            self._emit(
+                "billing.exhausted", account=signal.account, counter=signal.counter.value,
+                balance_seconds=signal.balance_seconds,
+            )  # fmt: skip
             await self._pause_account(signal.account)
         else:
             self._paused_accounts.discard(signal.account)
+
+    def _emit(self, kind: str, session: Session | None = None, **fields: Any) -> None:
+        if self.events is None:
+            return
+        if session is not None:
+            fields = {"account": session.campaign.account, "campaign": session.campaign.name,
+                      "call_id": session.call_id, **fields}  # fmt: skip
+        self.events.emit(kind, **fields)
 
     async def _pause_account(self, account: str) -> None:
         paused = await pause_for_balance(self.db, account)
@@ -418,7 +461,7 @@ class Worker:
 
     async def _debit(self, session: Session, debits: list[Debit]) -> None:
         for debit in debits:
-            await self.ledger.debit(
+            result = await self.ledger.debit(
                 session.campaign.account,
                 debit.counter,
                 debit.seconds,
@@ -427,6 +470,11 @@ class Worker:
                 campaign=session.campaign.name,
                 contact=session.contact.phone,
             )
+            if not result.replayed:
+                self._emit("billing.debit", account=session.campaign.account,
+                           counter=debit.counter.value, seconds=debit.seconds,
+                           balance_seconds=result.balance_seconds, call_id=session.call_id,
+                           increment=debit.increment, campaign=session.campaign.name)  # fmt: skip
 
     # -- one call -------------------------------------------------------------------------
 
@@ -491,9 +539,11 @@ class Worker:
                     await self._act(session, run.speech(event, at), log_)
                 elif name == "ringing":
                     session.cdr["ringing_at"] = wall(at)
+                    self._emit("call.ringing", session, status=event.get("status"))
                 elif name == "answered":
                     session.answered_at = at
                     session.cdr["answered_at"] = wall(at)
+                    self._emit("call.answered", session)
                     await self._debit(session, session.meter.answered(at))
                     self.billing_lag.append(time.time() - at)
                     await self._save_cdr(dict(session.cdr))  # live status: calls up count
@@ -508,6 +558,7 @@ class Worker:
                     await self._act(session, run.play_done(at), log_)
                 elif name == "agent_answered":
                     run.agent_answered(str(event.get("mode")))
+                    self._emit("call.transfer", session, segment="agent", mode=event.get("mode"))
                     if event.get("mode") == "bridge":
                         await self._debit(session, session.meter.agent_started(at))
                 elif name == "agent_failed":
@@ -515,6 +566,7 @@ class Worker:
                     await self._act(session, run.agent_failed(at), log_)
                 elif name == "agent_ended":
                     await self._debit(session, session.meter.agent_ended(at))
+                    self._emit("call.transfer", session, segment="bot", mode="bridge")
                     await self._act(session, run.agent_ended(at), log_)
                 elif name == "error":
                     log_.warning("line could not do it", message=event.get("message"))
@@ -555,6 +607,9 @@ class Worker:
                         log_.info("answering machine: hanging up", signal=decision.signal,
                                   reason=decision.reason, score=decision.score,
                                   after_answer=round(after, 2))  # fmt: skip
+                        self._emit("call.answering_machine", session, signal=decision.signal,
+                                   reason=decision.reason, score=decision.score,
+                                   after_answer_seconds=round(after, 3))  # fmt: skip
                     await self.pool.hangup(session.call_id, action.reason)
                 else:
                     await self.pool.stop_play(session.call_id)
@@ -602,3 +657,9 @@ class Worker:
             store.release_contact(conn, session.contact.contact_id, disposition.value, retry_at)
 
         await self.db.run(settle)
+        self._emit(
+            "call.ended", session, disposition=disposition.value,
+            sip_status=session.cdr["sip_status"], hangup_by=session.cdr["hangup_by"],
+            billed_seconds={"telephony": session.cdr["billed_telephony_seconds"],
+                            "speech": session.cdr["billed_speech_seconds"]},
+        )  # fmt: skip

@@ -1,0 +1,265 @@
+"""The MQTT control plane: commands in, replies and the event stream out (aiomqtt).
+
+One connection per worker, reconnected with backoff (0.5 s doubling to 10 s). Nothing
+else waits on it: events wait in the bounded buffer (dialer.events) and go out in order,
+QoS 1, once the broker is back. Commands (INTERFACE.md "MQTT"):
+
+    dialer/v1/{account}/campaigns/{campaign}/cmd  {"action": "start|pause|resume|stop|status",
+                                                   "request_id": "r1"}
+    dialer/v1/{account}/billing/cmd               {"action": "topup|balance", "counter":
+                                                   "speech", "minutes": 100, "request_id"}
+
+are served by dialer.service, the same layer as the CLI. The reply goes to
+``dialer/v1/{account}/replies/{request_id}`` and, for MQTT 5 clients, to their response
+topic with their correlation data, but only a response topic under the same account's
+prefix: a client confined by the broker's ACL to its account must not make the worker
+publish elsewhere. Bad input (not JSON, not an object, unknown action, wrong types,
+oversized, unknown account or campaign) gets ``{"ok": false, "error": "..."}`` and a log
+line; the worker goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import ssl
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from billing.errors import BillingError
+from billing.ledger import Ledger
+from billing.storage import first_line
+from dialer import service
+from dialer.errors import DialerError
+from dialer.events import PREFIX, Events, worker_topic
+
+log = structlog.get_logger("dialer.mqtt")
+
+MAX_PAYLOAD = 16 * 1024
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
+
+
+class ConfigError(DialerError):
+    pass
+
+
+def broker_of(url: str) -> tuple[str, int, bool]:
+    """mqtt://host[:1883] or mqtts://host[:8883] -> (host, port, tls)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(
+            f"mqtt url must be mqtt://host[:port] or mqtts://host[:port], got {url!r}"
+        )
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+def client_for(
+    url: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tls: bool = False,
+    ca_file: str | None = None,
+    identifier: str | None = None,
+    v5: bool = True,
+    will: aiomqtt.Will | None = None,
+) -> aiomqtt.Client:
+    host, port, url_tls = broker_of(url)
+    context = None
+    if tls or url_tls:
+        context = ssl.create_default_context(cafile=ca_file)
+    return aiomqtt.Client(
+        host, port, username=username, password=password, identifier=identifier,
+        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+        will=will, tls_context=context, timeout=10, keepalive=30,
+    )  # fmt: skip
+
+
+class Reply(Exception):
+    """A refusal to send back (the request is answered, never dropped)."""
+
+
+class MqttBridge:
+    def __init__(
+        self,
+        url: str,
+        ledger: Ledger,
+        events: Events,
+        worker_id: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        tls: bool = False,
+        ca_file: str | None = None,
+    ) -> None:
+        self.url = url
+        broker_of(url)  # a bad URL is refused at start
+        self.ledger = ledger
+        self.events = events
+        self.worker_id = worker_id
+        self.options = {"username": username, "password": password, "tls": tls,
+                        "ca_file": ca_file}  # fmt: skip
+        self.connected = asyncio.Event()
+        self.published = 0
+        self.commands = 0
+        self.refused = 0
+        self.connections = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, serve, reconnect with backoff until ``stop``; then say offline."""
+        delay = BACKOFF_FIRST
+        while not stop.is_set():
+            will = aiomqtt.Will(worker_topic(self.worker_id), b"offline", qos=1, retain=True)
+            client = client_for(self.url, identifier=f"dialer-{self.worker_id}", will=will,
+                                **self.options)  # type: ignore[arg-type]  # fmt: skip
+            try:
+                async with client:
+                    self.connections += 1
+                    delay = BACKOFF_FIRST
+                    await self._session(client, stop)
+                    with contextlib.suppress(aiomqtt.MqttError):  # going away on purpose
+                        await client.publish(worker_topic(self.worker_id), b"offline", qos=1,
+                                             retain=True, timeout=5)  # fmt: skip
+                    return
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                log.warning(
+                    "mqtt broker unreachable: events wait in the buffer",
+                    error=str(exc), retry_in=delay, buffered=len(self.events.buffer),
+                )  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _session(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        await client.publish(worker_topic(self.worker_id), b"online", qos=1, retain=True)
+        await client.subscribe(f"{PREFIX}/+/campaigns/+/cmd", qos=1)
+        await client.subscribe(f"{PREFIX}/+/billing/cmd", qos=1)
+        self.connected.set()
+        log.info("mqtt connected", broker=self.url, buffered=len(self.events.buffer))
+        tasks = {
+            asyncio.create_task(self._publish(client), name="mqtt-publish"),
+            asyncio.create_task(self._serve(client), name="mqtt-commands"),
+            asyncio.create_task(stop.wait(), name="mqtt-stop"),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.connected.clear()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await task
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        if stop.is_set():
+            await self._drain(client)
+
+    async def _drain(self, client: aiomqtt.Client, within: float = 5.0) -> None:
+        """Stopping: what is buffered goes out first (briefly)."""
+        with contextlib.suppress(TimeoutError, aiomqtt.MqttError):
+            await asyncio.wait_for(self._flush(client), within)
+
+    async def _flush(self, client: aiomqtt.Client) -> None:
+        buffer = self.events.buffer
+        while (item := buffer.peek()) is not None:
+            await client.publish(item.topic, item.payload, qos=1, retain=item.retain)
+            buffer.pop(item)
+            self.published += 1
+
+    async def _publish(self, client: aiomqtt.Client) -> None:
+        buffer = self.events.buffer
+        while True:
+            await buffer.waiter()
+            # removed only once the broker has it (QoS 1): a lost connection keeps it
+            await self._flush(client)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            try:
+                await self._command(client, message)
+            except aiomqtt.MqttError:
+                raise
+            except Exception:  # a bug in one command must not stop the others
+                log.exception("mqtt command failed", topic=str(message.topic))
+
+    async def _command(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        self.commands += 1
+        topic = str(message.topic)
+        parts = topic.split("/")
+        account = parts[2] if len(parts) > 2 else ""
+        props = message.properties
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        request_id: str | None = None
+        try:
+            request = self._decode(message.payload)
+            rid = request.get("request_id")
+            if isinstance(rid, str) and REQUEST_ID.match(rid):
+                request_id = rid
+            elif rid is not None:
+                raise Reply("request_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+            result = await self._run(parts, account, request)
+            reply: dict[str, Any] = {"request_id": request_id, "ok": True, "result": result}
+        except (Reply, DialerError, BillingError) as refused:
+            self.refused += 1
+            reply = {"request_id": request_id, "ok": False, "error": first_line(refused)}
+            log.warning("mqtt command refused", topic=topic, request_id=request_id,
+                        error=reply["error"])  # fmt: skip
+        payload = json.dumps(reply, separators=(",", ":"), default=str).encode()
+        if request_id is not None:
+            await client.publish(f"{PREFIX}/{account}/replies/{request_id}", payload, qos=1)
+        if isinstance(response_topic, str) and response_topic.startswith(f"{PREFIX}/{account}/"):
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if correlation is not None:
+                properties.CorrelationData = correlation
+            await client.publish(response_topic, payload, qos=1, properties=properties)
+
+    @staticmethod
+    def _decode(payload: Any) -> dict[str, Any]:
+        data = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+        if len(data) > MAX_PAYLOAD:
+            raise Reply(f"payload of {len(data)} bytes: at most {MAX_PAYLOAD}")
+        try:
+            request = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise Reply("payload is not JSON") from None
+        if not isinstance(request, dict):
+            raise Reply("payload must be a JSON object")
+        return request
+
+    async def _run(self, parts: list[str], account: str, request: dict[str, Any]) -> Any:
+        action = request.get("action")
+        if not isinstance(action, str):
+            raise Reply("action must be a string")
+        if len(parts) == 6 and parts[3] == "campaigns":
+            return await service.campaign_command(self.ledger, parts[4], action, account=account)
+        if len(parts) == 5 and parts[3] == "billing":
+            if action == "balance":
+                return await service.balance(self.ledger, account)
+            if action == "topup":
+                counter, minutes = request.get("counter"), request.get("minutes")
+                if not isinstance(counter, str):
+                    raise Reply("counter must be a string: telephony or speech")
+                if not isinstance(minutes, int) or isinstance(minutes, bool):
+                    raise Reply("minutes must be a whole number")
+                reference = request.get("reference")
+                if reference is not None and not isinstance(reference, str):
+                    raise Reply("reference must be a string")
+                result = await service.topup(self.ledger, account, counter, minutes, reference)
+                self.events.emit("billing.topped_up", account=account, counter=counter,
+                                 balance_seconds=result["balance_seconds"])  # fmt: skip
+                return result
+            raise Reply(f"unknown action {action!r} (one of topup, balance)")
+        raise Reply(f"not a command topic: {'/'.join(parts)}")

@@ -1,0 +1,203 @@
+"""The MQTT control plane against real Mosquitto: every command and its refusals over
+MQTT 5 and 3.1.1, the same rules as the CLI, confinement by the broker's ACL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from mqttutil import SYSTEM_URL, PrivateBroker, client, ensure_system_broker, request
+
+from billing.ledger import Ledger
+from billing.storage import Database
+from billing.tariff import Counter
+from dialer.campaigns import CampaignSpec, add_trunk, create_campaign, import_contacts
+from dialer.events import Events
+from dialer.mqtt import MAX_PAYLOAD, MqttBridge
+
+
+@pytest.fixture(scope="session", autouse=True)
+def system_broker() -> None:
+    ensure_system_broker()
+
+
+async def make_account(database: Database, ledger: Ledger, tmp_path: Path, account: str,
+                       minutes: int) -> None:  # fmt: skip
+    await ledger.create_account(account)
+    if minutes:
+        for counter in Counter:
+            await ledger.buy_package(account, counter, minutes)
+    await add_trunk(database, name=f"{account}-t", account=account, kind="platform",
+                    uri="sip:127.0.0.1:5999")  # fmt: skip
+    await create_campaign(database, CampaignSpec(name=f"{account}-c", account=account,
+                                                 trunk=f"{account}-t"))  # fmt: skip
+    csv = tmp_path / f"{account}.csv"
+    csv.write_text("phone\n+14155550101\n")
+    await import_contacts(database, f"{account}-c", csv)
+
+
+@contextlib.asynccontextmanager
+async def bridge(database: Database, url: str, **options: Any) -> AsyncIterator[MqttBridge]:
+    ledger = Ledger(database)
+    mqtt = MqttBridge(url, ledger, Events(), f"t-{uuid.uuid4().hex[:6]}", **options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(mqtt.run(stop))
+    try:
+        await asyncio.wait_for(mqtt.connected.wait(), 10)
+        yield mqtt
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+@pytest.mark.parametrize("v5", [True, False], ids=["mqtt5", "mqtt311"])
+async def test_every_command_and_its_refusals(sqlite_url: str, tmp_path: Path, v5: bool) -> None:
+    acme, broke = f"acme{uuid.uuid4().hex[:6]}", f"broke{uuid.uuid4().hex[:6]}"
+    async with Database(sqlite_url) as database:
+        ledger = Ledger(database)
+        await make_account(database, ledger, tmp_path, acme, 10)
+        await make_account(database, ledger, tmp_path, broke, 0)
+        async with bridge(database, SYSTEM_URL) as mqtt, client(SYSTEM_URL, v5=v5) as c:
+            n = iter(range(1000))
+
+            async def ask(topic: str, body: dict[str, Any] | bytes, account: str = acme,
+                          **kw: Any) -> dict[str, Any]:  # fmt: skip
+                if isinstance(body, dict):
+                    body = {"request_id": f"r{next(n)}", **body}
+                return await request(c, f"dialer/v1/{account}/{topic}", body, account=account,
+                                     **kw)  # fmt: skip
+
+            camp = f"campaigns/{acme}-c/cmd"
+            status = await ask(camp, {"action": "status"})
+            assert status["ok"] and status["result"]["state"] == "draft"
+            assert status["request_id"] == "r0"
+            for action, state in (("start", "running"), ("pause", "paused"),
+                                  ("resume", "running"), ("stop", "stopped")):  # fmt: skip
+                reply = await ask(camp, {"action": action})
+                assert reply["ok"] and reply["result"]["state"] == state, reply
+            again = await ask(camp, {"action": "start"})
+            assert not again["ok"] and "stopped" in again["error"]
+            # the CLI's rule: no start while a charged counter is not positive
+            refused = await ask(f"campaigns/{broke}-c/cmd", {"action": "start"}, account=broke)
+            assert not refused["ok"] and "balance" in refused["error"]
+
+            balance = await ask("billing/cmd", {"action": "balance"})
+            assert balance["result"]["counters"]["speech"]["balance_seconds"] == 600
+            topup = await ask("billing/cmd", {"action": "topup", "counter": "speech",
+                                              "minutes": 5})  # fmt: skip
+            assert topup["ok"] and topup["result"]["balance_seconds"] == 900
+            if v5:  # MQTT 5: the reply also goes to the response topic, correlated
+                reply = await ask("billing/cmd", {"action": "balance"},
+                                  response_topic=f"dialer/v1/{acme}/inbox/me")  # fmt: skip
+                assert reply["ok"] and reply["_correlation"].startswith(b"corr-")
+
+            bad: list[tuple[str, dict[str, Any], str]] = [
+                (camp, {"action": "explode"}, "unknown action 'explode'"),
+                (camp, {"action": 5}, "action must be a string"),
+                ("billing/cmd", {"action": "topup", "counter": "speech", "minutes": "ten"},
+                 "minutes must be a whole number"),
+                ("billing/cmd", {"action": "topup", "counter": "speech", "minutes": -3},
+                 "minutes must be a whole positive number"),
+                ("billing/cmd", {"action": "topup", "counter": "beer", "minutes": 3},
+                 "unknown counter 'beer'"),
+                ("billing/cmd", {"action": "topup", "counter": 7, "minutes": 3},
+                 "counter must be a string"),
+                ("billing/cmd", {"action": "refund"}, "unknown action 'refund'"),
+                ("campaigns/nope/cmd", {"action": "status"}, "unknown campaign 'nope'"),
+                # a campaign of another account is unknown here, not "forbidden"
+                (f"campaigns/{broke}-c/cmd", {"action": "status"}, "unknown campaign"),
+            ]  # fmt: skip
+            for topic, body, message in bad:
+                reply = await ask(topic, body)
+                assert not reply["ok"] and message in reply["error"], (body, reply)
+            unknown = await ask("billing/cmd", {"action": "balance"}, account="ghost")
+            assert not unknown["ok"] and "ghost" in unknown["error"]
+            if v5:  # malformed payloads: no request id to read, the response topic answers
+                inbox = f"dialer/v1/{acme}/inbox/x"
+                for raw, message in ((b"not json", "not JSON"), (b"[1]", "JSON object"),
+                                     (b"{" + b" " * MAX_PAYLOAD + b"}", "at most")):  # fmt: skip
+                    reply = await ask("billing/cmd", raw, response_topic=inbox)
+                    assert not reply["ok"] and message in reply["error"]
+                bad_id = await ask("billing/cmd", {"action": "balance", "request_id": "a/b#"},
+                                   response_topic=inbox)  # fmt: skip
+                assert not bad_id["ok"] and "request_id" in bad_id["error"]
+            assert mqtt.refused >= len(bad) + 2
+        balances = await ledger.balances(acme)
+        assert balances[Counter.SPEECH] == 900  # the refused top-ups added nothing
+
+
+async def test_an_acl_confined_client_cannot_command_another_account(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    acl = """\
+user worker
+topic readwrite dialer/v1/#
+
+user acme
+topic write dialer/v1/acme/campaigns/+/cmd
+topic write dialer/v1/acme/billing/cmd
+topic read dialer/v1/acme/#
+
+user other
+topic write dialer/v1/other/campaigns/+/cmd
+topic write dialer/v1/other/billing/cmd
+topic read dialer/v1/other/#
+"""
+    broker = PrivateBroker(tmp_path, users={"worker": "w-secret", "acme": "a-secret",
+                                            "other": "o-secret"}, acl=acl)  # fmt: skip
+    try:
+        async with Database(sqlite_url) as database:
+            ledger = Ledger(database)
+            await make_account(database, ledger, tmp_path, "acme", 10)
+            await make_account(database, ledger, tmp_path, "other", 10)
+            async with bridge(database, broker.url, username="worker", password="w-secret"), \
+                    client(broker.url, username="acme", password="a-secret") as c:  # fmt: skip
+                own = await request(c, "dialer/v1/acme/billing/cmd",
+                                    {"action": "topup", "counter": "speech", "minutes": 1,
+                                     "request_id": "mine"}, account="acme")  # fmt: skip
+                assert own["ok"]
+                # the broker drops acme's publish to other's topic: no reply ever comes
+                with pytest.raises(TimeoutError):
+                    await request(c, "dialer/v1/other/billing/cmd",
+                                  {"action": "topup", "counter": "speech", "minutes": 50,
+                                   "request_id": "theirs"}, account="other", within=2)  # fmt: skip
+                # nor can acme make the worker answer into other's topics (MQTT 5 response
+                # topic outside acme's prefix): the worker ignores it
+                with pytest.raises(TimeoutError):
+                    await request(c, "dialer/v1/acme/billing/cmd",
+                                  {"action": "balance", "request_id": "x1"}, account="acme",
+                                  response_topic="dialer/v1/other/inbox", within=2)  # fmt: skip
+            with pytest.raises(aiomqtt.MqttError):  # a wrong password is refused
+                async with client(broker.url, username="acme", password="wrong"):
+                    pass
+            balances = await ledger.balances("other")
+            assert balances[Counter.SPEECH] == 600  # untouched
+    finally:
+        broker.stop()
+
+
+async def test_oversized_and_garbage_floods_leave_the_bridge_serving(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    account = f"flood{uuid.uuid4().hex[:6]}"
+    async with Database(sqlite_url) as database:
+        ledger = Ledger(database)
+        await make_account(database, ledger, tmp_path, account, 10)
+        async with bridge(database, SYSTEM_URL) as mqtt, client(SYSTEM_URL) as c:
+            junk = [b"", b"\xff\xfe", b"{", b'{"action": null}', b"[]", b"1e999",
+                    json.dumps({"action": "start", "request_id": "x" * 500}).encode()]  # fmt: skip
+            for n in range(1000):
+                await c.publish(f"dialer/v1/{account}/campaigns/{account}-c/cmd", junk[n % 7],
+                                qos=0)  # fmt: skip
+            reply = await request(c, f"dialer/v1/{account}/billing/cmd",
+                                  {"action": "balance", "request_id": "after"},
+                                  account=account, within=30)  # fmt: skip
+            assert reply["ok"]
+            assert mqtt.commands >= 1000
