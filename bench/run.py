@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import amd_eval  # noqa: E402
 import ledger_debits  # noqa: E402
+import mqtt_events  # noqa: E402
 import sip_pool  # noqa: E402
 import worker as worker_bench  # noqa: E402
 
@@ -201,12 +202,37 @@ per second of the callee's speech, and per second of a silent line.
     replace_section("Answering-machine detection", body)
 
 
+def mqtt_section(when: str) -> None:
+    import statistics
+
+    results = mqtt_events.main()
+    rows = "\n".join(
+        f"| {r.name} | {r.events:,} | {r.rate:,.0f} | "
+        f"{statistics.median(r.latencies_ms):.1f} ms / {r.pct(0.99):.1f} ms |"
+        for r in results
+    )
+    body = f"""
+Run {when} on {machine()}.
+
+Events through the worker's own MQTT bridge (`dialer/mqtt.py`: the bounded buffer,
+QoS 1, one publish at a time in order) to the local Mosquitto, received by a subscriber
+in the same process; latency = emitted -> received. The paced rate is a campaign with
+{mqtt_events.CALLS_UP} calls up of {mqtt_events.CALL_SECONDS} s each
+(~{mqtt_events.EVENTS_PER_CALL} events per call).
+
+| run | events | events/s | latency p50 / p99 |
+|---|---|---|---|
+{rows}
+"""
+    replace_section("MQTT event stream", body)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=1200, help="ledger: calls per scenario")
     parser.add_argument("--lines", type=int, default=40, help="sip: line processes")
     parser.add_argument(
-        "--only", choices=["ledger", "sip", "worker", "amd"], help="run one benchmark"
+        "--only", choices=["ledger", "sip", "worker", "amd", "mqtt"], help="run one benchmark"
     )
     parser.add_argument("--per-kind", type=int, default=36, help="amd: samples per kind")
     args = parser.parse_args()
@@ -219,6 +245,8 @@ def main() -> None:
         worker_section(10, when)
     if args.only in (None, "amd"):
         amd_section(args.per_kind, when)
+    if args.only in (None, "mqtt"):
+        mqtt_section(when)
     print(f"written to {DOC.relative_to(ROOT)}")
 
 

@@ -32,7 +32,7 @@ def events(
         raise DialerError("no MQTT broker configured: set [mqtt] url (or DIALER_MQTT__URL)")
     if (account is not None and any(c in account for c in "/+#")) or account == "":
         raise DialerError(f"bad account name {account!r}")
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)  # one event, one line
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --follow
         asyncio.run(_follow(cfg, account, follow, as_json, out))
 

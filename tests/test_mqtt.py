@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 import aiomqtt
 import pytest
 from mqttutil import SYSTEM_URL, PrivateBroker, client, ensure_system_broker, request
+from test_worker_e2e import wait_until
 
 from billing.ledger import Ledger
 from billing.storage import Database
@@ -201,3 +204,56 @@ async def test_oversized_and_garbage_floods_leave_the_bridge_serving(
                                   account=account, within=30)  # fmt: skip
             assert reply["ok"]
             assert mqtt.commands >= 1000
+
+
+async def test_dialer_events_prints_the_stream(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account = f"ev{uuid.uuid4().hex[:6]}"
+    events = Events()
+    events.emit("billing.topped_up", account=account, counter="speech", balance_seconds=60)
+    events.status(account, "spring", {"campaign": "spring", "state": "running"})
+    async with Database(sqlite_url) as database:
+        await Ledger(database).create_account(account)
+        ledger = Ledger(database)
+        mqtt = MqttBridge(SYSTEM_URL, ledger, events, "cli-test")
+        stop = asyncio.Event()
+        task = asyncio.create_task(mqtt.run(stop))
+        await asyncio.wait_for(mqtt.connected.wait(), 10)
+        await wait_until(lambda: len(events.buffer) == 0)
+        monkeypatch.setenv("DIALER_MQTT__URL", SYSTEM_URL)
+        monkeypatch.chdir(tmp_path)
+        # without --follow: what is retained (the campaign status), then it returns
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("dialer")), "events", "--account", account,
+            "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 0, err
+        [line] = out.decode().splitlines()
+        document = json.loads(line)
+        assert document["topic"] == f"dialer/v1/{account}/campaigns/spring/status"
+        assert document["retained"] and document["payload"]["state"] == "running"
+        # --follow prints events as they come, readably
+        follow = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("dialer")), "events", "--follow", "--account",
+            account, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert follow.stdout is not None
+        await asyncio.sleep(1.5)  # subscribed
+        events.emit("billing.exhausted", account=account, counter="speech", balance_seconds=-15)
+        first = await asyncio.wait_for(follow.stdout.readline(), 10)
+        if b"retained" in first:
+            first = await asyncio.wait_for(follow.stdout.readline(), 10)
+        assert b"billing.exhausted" in first and b"balance_seconds=-15" in first
+        follow.terminate()
+        await follow.wait()
+        stop.set()
+        await task
+    unconfigured = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("dialer")), "events", cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("DIALER_")},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await unconfigured.communicate()
+    assert unconfigured.returncode == 1 and b"no MQTT broker configured" in err
