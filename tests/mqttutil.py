@@ -52,10 +52,15 @@ class PrivateBroker:
     """`mosquitto -c` in the foreground on a free port; stop() and start() at will."""
 
     def __init__(self, folder: Path, *, users: dict[str, str] | None = None,
-                 acl: str | None = None) -> None:  # fmt: skip
+                 acl: str | None = None, tls: bool = False) -> None:  # fmt: skip
         self.port = free_tcp_port()
         self.folder = folder
+        self.tls = tls
         lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_type error"]
+        if tls:  # a CA of our own and a server certificate for 127.0.0.1
+            self.ca_file = make_certificates(folder)
+            lines += [f"cafile {self.ca_file}", f"certfile {folder / 'server.pem'}",
+                      f"keyfile {folder / 'server.key'}"]  # fmt: skip
         if os.geteuid() == 0:
             lines.append("user root")  # else it drops to `mosquitto`, who can't read tmp_path
         if users:
@@ -77,7 +82,7 @@ class PrivateBroker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -97,6 +102,23 @@ class PrivateBroker:
             self.process.terminate()
             self.process.wait(10)
         self.process = None
+
+
+def make_certificates(folder: Path) -> Path:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            "/CN=dialer test CA", "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
+    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.cnf",
+            "-out", "server.pem")  # fmt: skip
+    return folder / "ca.pem"
 
 
 def client(

@@ -23,7 +23,7 @@ from billing.storage import Database
 from billing.tariff import Counter
 from dialer.campaigns import CampaignSpec, add_trunk, create_campaign, import_contacts
 from dialer.events import Events
-from dialer.mqtt import MAX_PAYLOAD, MqttBridge
+from dialer.mqtt import MAX_PAYLOAD, MqttBridge, client_for
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -257,3 +257,23 @@ async def test_dialer_events_prints_the_stream(
     )  # fmt: skip
     _, err = await unconfigured.communicate()
     assert unconfigured.returncode == 1 and b"no MQTT broker configured" in err
+
+
+async def test_tls_with_the_brokers_ca(sqlite_url: str, tmp_path: Path) -> None:
+    broker = PrivateBroker(tmp_path, tls=True)
+    try:
+        async with Database(sqlite_url) as database:
+            ledger = Ledger(database)
+            await make_account(database, ledger, tmp_path, "acme", 1)
+            async with bridge(database, broker.url, ca_file=str(broker.ca_file)):
+                async with client_for(broker.url, ca_file=str(broker.ca_file)) as c:
+                    reply = await request(c, "dialer/v1/acme/billing/cmd",
+                                          {"action": "balance", "request_id": "tls"},
+                                          account="acme")  # fmt: skip
+                    assert reply["ok"]
+            # without the CA the certificate is not trusted: refused, never silently plain
+            with pytest.raises(aiomqtt.MqttError):
+                async with client_for(broker.url):
+                    pass
+    finally:
+        broker.stop()
