@@ -265,12 +265,13 @@ async def test_tls_with_the_brokers_ca(sqlite_url: str, tmp_path: Path) -> None:
         async with Database(sqlite_url) as database:
             ledger = Ledger(database)
             await make_account(database, ledger, tmp_path, "acme", 1)
-            async with bridge(database, broker.url, ca_file=str(broker.ca_file)):
-                async with client_for(broker.url, ca_file=str(broker.ca_file)) as c:
-                    reply = await request(c, "dialer/v1/acme/billing/cmd",
-                                          {"action": "balance", "request_id": "tls"},
-                                          account="acme")  # fmt: skip
-                    assert reply["ok"]
+            ca = str(broker.ca_file)
+            async with bridge(database, broker.url, ca_file=ca), \
+                    client_for(broker.url, ca_file=ca) as c:  # fmt: skip
+                reply = await request(c, "dialer/v1/acme/billing/cmd",
+                                      {"action": "balance", "request_id": "tls"},
+                                      account="acme")  # fmt: skip
+                assert reply["ok"]
             # without the CA the certificate is not trusted: refused, never silently plain
             with pytest.raises(aiomqtt.MqttError):
                 async with client_for(broker.url):
