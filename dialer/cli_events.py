@@ -44,9 +44,7 @@ async def _follow(cfg: Any, account: str | None, follow: bool, as_json: bool,
                         tls=cfg.mqtt.tls, ca_file=cfg.mqtt.ca_file)  # fmt: skip
     try:
         async with client:
-            await client.subscribe(f"{PREFIX}/{account or '+'}/#", qos=1)
-            if account is None:
-                await client.subscribe(f"{PREFIX}/workers/+/status", qos=1)
+            await client.subscribe(f"{PREFIX}/{account or '+'}/#", qos=1)  # workers/ too
             while True:
                 try:
                     message = await asyncio.wait_for(

@@ -124,8 +124,12 @@ class EventBuffer:
     def peek(self) -> Outgoing | None:
         return self._items[0] if self._items else None
 
+    def first(self, n: int) -> list[Outgoing]:
+        return [self._items[i] for i in range(min(n, len(self._items)))]
+
     def pop(self, item: Outgoing) -> None:
-        """Remove ``item`` after it was delivered (unless it was dropped meanwhile)."""
+        """Remove ``item`` after it was delivered (unless it was dropped meanwhile: then
+        it is no longer at the head, and nothing else is removed)."""
         if self._items and self._items[0] is item:
             self._items.popleft()
 
@@ -144,7 +148,7 @@ class Events:
     """What the worker and the service layer call to say something happened."""
 
     def __init__(self, buffer: EventBuffer | None = None) -> None:
-        self.buffer = buffer or EventBuffer()
+        self.buffer = buffer if buffer is not None else EventBuffer()  # (an empty one is falsy)
 
     def emit(self, kind: str, **fields: Any) -> None:
         assert kind in EVENT_FIELDS, kind

@@ -25,6 +25,7 @@ import contextlib
 import json
 import re
 import ssl
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,8 +44,12 @@ from dialer.events import PREFIX, Events, worker_topic
 log = structlog.get_logger("dialer.mqtt")
 
 MAX_PAYLOAD = 16 * 1024
+SHARE_GROUP = "dialer-workers"
+PUBLISH_WINDOW = 32  # QoS 1 publishes in flight: one round trip per window, not per event
+MAX_QUEUED_COMMANDS = 1000  # incoming commands waiting: the broker holds the rest
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
+STABLE_SECONDS = 30.0  # a connection that lasted this long resets the backoff
 
 
 class ConfigError(DialerError):
@@ -76,12 +81,27 @@ def client_for(
     host, port, url_tls = broker_of(url)
     context = None
     if tls or url_tls:
-        context = ssl.create_default_context(cafile=ca_file)
+        try:
+            context = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"mqtt ca_file {ca_file}: {first_line(exc)}") from None
     return aiomqtt.Client(
         host, port, username=username, password=password, identifier=identifier,
         protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
         will=will, tls_context=context, timeout=10, keepalive=30,
+        max_queued_incoming_messages=MAX_QUEUED_COMMANDS,
     )  # fmt: skip
+
+
+def reply_topic_allowed(topic: str, account: str) -> bool:
+    """Replies go only to the account's own replies/ or inbox/ topics, concrete ones."""
+    levels = topic.split("/")
+    return (
+        topic.startswith((f"{PREFIX}/{account}/replies/", f"{PREFIX}/{account}/inbox/"))
+        and len(topic) <= 512
+        and all(level and level not in ("+", "#") for level in levels)
+        and not any(c in topic for c in "+#\0")
+    )
 
 
 class Reply(Exception):
@@ -102,7 +122,7 @@ class MqttBridge:
         ca_file: str | None = None,
     ) -> None:
         self.url = url
-        broker_of(url)  # a bad URL is refused at start
+        client_for(url, tls=tls, ca_file=ca_file)  # a bad URL or CA file is refused at start
         self.ledger = ledger
         self.events = events
         self.worker_id = worker_id
@@ -118,13 +138,14 @@ class MqttBridge:
         """Connect, serve, reconnect with backoff until ``stop``; then say offline."""
         delay = BACKOFF_FIRST
         while not stop.is_set():
+            connected_at = time.monotonic()
             will = aiomqtt.Will(worker_topic(self.worker_id), b"offline", qos=1, retain=True)
             client = client_for(self.url, identifier=f"dialer-{self.worker_id}", will=will,
                                 **self.options)  # type: ignore[arg-type]  # fmt: skip
             try:
                 async with client:
                     self.connections += 1
-                    delay = BACKOFF_FIRST
+                    connected_at = time.monotonic()
                     await self._session(client, stop)
                     with contextlib.suppress(aiomqtt.MqttError):  # going away on purpose
                         await client.publish(worker_topic(self.worker_id), b"offline", qos=1,
@@ -136,14 +157,20 @@ class MqttBridge:
                     "mqtt broker unreachable: events wait in the buffer",
                     error=str(exc), retry_in=delay, buffered=len(self.events.buffer),
                 )  # fmt: skip
+            except Exception:  # never let the bridge die silently: log it, try again
+                self.connected.clear()
+                log.exception("mqtt bridge failed; reconnecting", retry_in=delay)
+            if time.monotonic() - connected_at > STABLE_SECONDS:
+                delay = BACKOFF_FIRST  # it had worked for a while: a fresh start
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
     async def _session(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         await client.publish(worker_topic(self.worker_id), b"online", qos=1, retain=True)
-        await client.subscribe(f"{PREFIX}/+/campaigns/+/cmd", qos=1)
-        await client.subscribe(f"{PREFIX}/+/billing/cmd", qos=1)
+        # shared: with several workers on one broker each command is served once
+        await client.subscribe(f"$share/{SHARE_GROUP}/{PREFIX}/+/campaigns/+/cmd", qos=1)
+        await client.subscribe(f"$share/{SHARE_GROUP}/{PREFIX}/+/billing/cmd", qos=1)
         self.connected.set()
         log.info("mqtt connected", broker=self.url, buffered=len(self.events.buffer))
         tasks = {
@@ -172,11 +199,17 @@ class MqttBridge:
             await asyncio.wait_for(self._flush(client), within)
 
     async def _flush(self, client: aiomqtt.Client) -> None:
+        """Publish in order, a window at a time; an event leaves the buffer only once the
+        broker has acknowledged it (a lost connection keeps it for the next one: QoS 1,
+        at least once)."""
         buffer = self.events.buffer
-        while (item := buffer.peek()) is not None:
-            await client.publish(item.topic, item.payload, qos=1, retain=item.retain)
-            buffer.pop(item)
-            self.published += 1
+        while batch := buffer.first(PUBLISH_WINDOW):
+            await asyncio.gather(
+                *(client.publish(i.topic, i.payload, qos=1, retain=i.retain) for i in batch)
+            )
+            for item in batch:
+                buffer.pop(item)
+            self.published += len(batch)
 
     async def _publish(self, client: aiomqtt.Client) -> None:
         buffer = self.events.buffer
@@ -220,7 +253,7 @@ class MqttBridge:
         payload = json.dumps(reply, separators=(",", ":"), default=str).encode()
         if request_id is not None:
             await client.publish(f"{PREFIX}/{account}/replies/{request_id}", payload, qos=1)
-        if isinstance(response_topic, str) and response_topic.startswith(f"{PREFIX}/{account}/"):
+        if isinstance(response_topic, str) and reply_topic_allowed(response_topic, account):
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             if correlation is not None:
                 properties.CorrelationData = correlation
@@ -233,8 +266,8 @@ class MqttBridge:
             raise Reply(f"payload of {len(data)} bytes: at most {MAX_PAYLOAD}")
         try:
             request = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise Reply("payload is not JSON") from None
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, huge numbers
+            raise Reply("payload is not JSON (or not JSON this worker reads)") from None
         if not isinstance(request, dict):
             raise Reply("payload must be a JSON object")
         return request
@@ -258,8 +291,9 @@ class MqttBridge:
                 if reference is not None and not isinstance(reference, str):
                     raise Reply("reference must be a string")
                 result = await service.topup(self.ledger, account, counter, minutes, reference)
-                self.events.emit("billing.topped_up", account=account, counter=counter,
-                                 balance_seconds=result["balance_seconds"])  # fmt: skip
+                if not result["replayed"]:
+                    self.events.emit("billing.topped_up", account=account, counter=counter,
+                                     balance_seconds=result["balance_seconds"])  # fmt: skip
                 return result
             raise Reply(f"unknown action {action!r} (one of topup, balance)")
         raise Reply(f"not a command topic: {'/'.join(parts)}")

@@ -170,6 +170,7 @@ class Worker:
         self._stopping = False
         self._states: dict[str, tuple[str, str, str | None]] = {}  # name: account, state, why
         self._status_at = 0.0
+        self._states_seen = False
         self._paused_accounts: set[str] = set()
         self._refreshed = 0.0
         ledger.subscribe(self._on_signal)
@@ -187,6 +188,9 @@ class Worker:
             self._stopping = True
             log.info("stopping: no new calls", calls_up=len(self.sessions))
             await self._drain(drain_seconds)
+            if self.events is not None:  # states reached while draining (completed...)
+                await self._complete_finished()
+                await self._publish_states()
         finally:
             for task in list(self._preparing.values()):
                 task.cancel()
@@ -239,10 +243,14 @@ class Worker:
         periodic = time.monotonic() - self._status_at >= STATUS_SECONDS
         if periodic:
             self._status_at = time.monotonic()
+        first, known = not self._states_seen, self._states
+        self._states = {row.name: (row.account, row.state, row.pause_reason) for row in rows}
+        self._states_seen = True
         for row in rows:
-            now = (row.account, row.state, row.pause_reason)
-            before = self._states.get(row.name)
-            self._states[row.name] = now
+            now = self._states[row.name]
+            before = known.get(row.name)
+            if first:  # what was so before this worker started is not news
+                before = now
             if before != now:
                 self.events.emit(
                     "campaign.state", account=row.account, campaign=row.name, state=row.state,

@@ -11,7 +11,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiomqtt
 import pytest
@@ -22,8 +22,9 @@ from billing.ledger import Ledger
 from billing.storage import Database
 from billing.tariff import Counter
 from dialer.campaigns import CampaignSpec, add_trunk, create_campaign, import_contacts
-from dialer.events import Events
-from dialer.mqtt import MAX_PAYLOAD, MqttBridge, client_for
+from dialer.errors import DialerError
+from dialer.events import EventBuffer, Events
+from dialer.mqtt import MAX_PAYLOAD, MqttBridge, client_for, reply_topic_allowed
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -278,3 +279,101 @@ async def test_tls_with_the_brokers_ca(sqlite_url: str, tmp_path: Path) -> None:
                     pass
     finally:
         broker.stop()
+
+
+async def test_two_workers_serve_each_command_once(sqlite_url: str, tmp_path: Path) -> None:
+    account = f"two{uuid.uuid4().hex[:6]}"
+    async with Database(sqlite_url) as database:
+        ledger = Ledger(database)
+        await make_account(database, ledger, tmp_path, account, 1)
+        async with bridge(database, SYSTEM_URL) as first, bridge(database, SYSTEM_URL) as second:
+            async with client(SYSTEM_URL) as c:
+                await c.subscribe(f"dialer/v1/{account}/replies/#", qos=1)
+                for n in range(6):  # no reference: a second worker would add them twice
+                    await c.publish(f"dialer/v1/{account}/billing/cmd", json.dumps(
+                        {"action": "topup", "counter": "speech", "minutes": 1,
+                         "request_id": f"t{n}"}).encode(), qos=1)  # fmt: skip
+                replies: list[str] = []
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(3):
+                        async for message in c.messages:
+                            replies.append(str(message.topic))
+                # a replayed top-up (same reference) emits no second topped_up event
+                for n in range(2):
+                    body = {"action": "topup", "counter": "speech", "minutes": 1,
+                            "reference": "inv-1", "request_id": f"ref{n}"}  # fmt: skip
+                    reply = await request(c, f"dialer/v1/{account}/billing/cmd", body,
+                                          account=account)  # fmt: skip
+                    assert reply["ok"] and reply["result"]["replayed"] == (n == 1)
+            emitted = first.events.buffer.emitted + second.events.buffer.emitted
+        balances = await ledger.balances(account)
+    assert sorted(replies) == sorted(f"dialer/v1/{account}/replies/t{n}" for n in range(6))
+    assert emitted == 7  # six top-ups and the first with the reference
+    assert balances[Counter.SPEECH] == 60 + 6 * 60 + 60
+    assert first.commands + second.commands == 8 and first.commands and second.commands
+
+
+async def test_replies_go_only_to_the_accounts_own_reply_topics(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    account = f"rt{uuid.uuid4().hex[:6]}"
+    async with Database(sqlite_url) as database:
+        ledger = Ledger(database)
+        await make_account(database, ledger, tmp_path, account, 1)
+        async with bridge(database, SYSTEM_URL), client(SYSTEM_URL) as c:
+            own = f"dialer/v1/{account}"
+            for target in (f"{own}/billing/events", f"{own}/campaigns/x/status",
+                           f"{own}/inbox/+", f"{own}/inbox/#", f"{own}/replies//x",
+                           "dialer/v1/other/inbox/x"):  # fmt: skip
+                with pytest.raises(TimeoutError):
+                    await request(c, f"{own}/billing/cmd",
+                                  {"action": "balance", "request_id": "spoof"},
+                                  account=account, response_topic=target, within=1)  # fmt: skip
+            ok = await request(c, f"{own}/billing/cmd", {"action": "balance", "request_id": "ok"},
+                               account=account, response_topic=f"{own}/inbox/me")  # fmt: skip
+            assert ok["ok"]
+    assert reply_topic_allowed(f"{own}/replies/r1", account)
+    assert not reply_topic_allowed(f"{own}/replies/r+1", account)
+    assert not reply_topic_allowed(f"{own}/billing/cmd", account)  # (a test client would
+    # receive its own command there, so this one is checked here, not over the broker)
+
+
+async def test_an_event_leaves_the_buffer_only_once_the_broker_has_it() -> None:
+    class Flaky:
+        def __init__(self, fail_at: int) -> None:
+            self.sent: list[bytes] = []
+            self.fail_at = fail_at
+
+        async def publish(self, topic: str, payload: bytes, **kw: Any) -> None:
+            await asyncio.sleep(0)
+            if len(self.sent) == self.fail_at:
+                self.fail_at = -1
+                raise aiomqtt.MqttError("connection lost")
+            self.sent.append(payload)
+
+    events = Events(EventBuffer(capacity=1000))
+    for n in range(100):
+        events.emit("billing.exhausted", account="a", counter="speech", balance_seconds=n)
+    mqtt = MqttBridge(SYSTEM_URL, cast(Any, None), events, "unit")
+    flaky = Flaky(fail_at=40)
+    with pytest.raises(aiomqtt.MqttError):
+        await mqtt._flush(cast(Any, flaky))
+    assert len(events.buffer) == 100 - 32  # the first window went; the second did not
+    await mqtt._flush(cast(Any, flaky))  # reconnected
+    seen = [json.loads(p)["balance_seconds"] for p in flaky.sent]
+    assert sorted(set(seen)) == list(range(100)) and len(events.buffer) == 0
+    # in order, the unacknowledged window again from its start (at least once)
+    assert seen[:32] == list(range(32)) and seen[-68:] == list(range(32, 100))
+
+
+def test_a_bad_broker_setting_is_refused_at_start() -> None:
+    with pytest.raises(DialerError, match="mqtt url must be"):
+        MqttBridge("http://broker", cast(Any, None), Events(), "w")
+    with pytest.raises(DialerError, match=r"mqtt ca_file /nope\.pem"):
+        MqttBridge("mqtts://127.0.0.1:8883", cast(Any, None), Events(), "w", ca_file="/nope.pem")
+    buffer = EventBuffer(capacity=3)
+    events = Events(buffer)
+    for n in range(5):
+        events.emit("billing.exhausted", account="a", counter="speech", balance_seconds=n)
+    assert len(buffer) == 3 and buffer.dropped == 2 and buffer.emitted == 5
+    assert json.loads(cast(Any, buffer.peek()).payload)["balance_seconds"] == 2  # oldest gone
