@@ -353,6 +353,19 @@ class Ledger:
             lambda conn: read_balances(conn, self._account_id(conn, account)), write=False
         )
 
+    async def all_balances(self) -> list[tuple[str, Counter, int]]:
+        """(account, counter, balance seconds) for every account (metrics)."""
+
+        def read(conn: Connection) -> list[tuple[str, Counter, int]]:
+            rows = conn.execute(
+                select(ACCOUNT.c.name, BALANCE.c.counter, BALANCE.c.balance_seconds)
+                .join(BALANCE, BALANCE.c.account_id == ACCOUNT.c.id)
+                .order_by(ACCOUNT.c.name, BALANCE.c.counter)
+            ).all()
+            return [(r[0], Counter(r[1]), int(r[2])) for r in rows]
+
+        return await self.database.run(read, write=False)
+
     async def may_dial(self, account: str, trunk: TrunkKind) -> GateDecision:
         return await self.database.run(
             lambda conn: gate(conn, self._account_id(conn, account), trunk, self.tariff),

@@ -302,12 +302,17 @@ def worker(
     lines: Annotated[int | None, typer.Option("--lines")] = None,
     sip_port: Annotated[int | None, typer.Option("--sip-port")] = None,
     drain: Annotated[float, typer.Option("--drain-seconds")] = 30.0,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="serve /metrics and /health here")
+    ] = None,
 ) -> None:
     """Run campaigns (long-running). SIGTERM: no new calls; calls up finish, up to
     --drain-seconds, then are hung up and settled."""
     from dialer.runtime import run_worker
 
     cfg = settings()
+    if metrics_port is not None:
+        cfg = cfg.model_copy(update={"ops": cfg.ops.model_copy(update={"port": metrics_port})})
     stop = asyncio.Event()
 
     async def main() -> None:

@@ -54,6 +54,13 @@ class MqttConfig(Section):
     buffer_events: int = Field(default=10_000, ge=100, le=10_000_000)
 
 
+class OpsConfig(Section):
+    """GET /metrics (Prometheus) and /health of a running worker; no port: off."""
+
+    bind_address: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=0, le=65535)
+
+
 class BillingConfig(Section):
     increment_seconds: int = Field(default=DEFAULT_INCREMENT_SECONDS, ge=1, le=3600)
     period: Literal["month"] = "month"
@@ -93,6 +100,7 @@ class Settings(BaseSettings):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     sip: SipConfig = Field(default_factory=SipConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    ops: OpsConfig = Field(default_factory=OpsConfig)
     billing: BillingConfig = Field(default_factory=BillingConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

@@ -11,9 +11,10 @@ from typing import Any
 from billing.ledger import Ledger
 from billing.storage import Database
 from dialer import db, store
-from dialer.config import MqttConfig, Settings
+from dialer.config import MqttConfig, OpsConfig, Settings
 from dialer.events import EventBuffer, Events
 from dialer.mqtt import MqttBridge
+from dialer.ops import OpsServer
 from dialer.worker import Worker
 from sip.pool import LinePool, PoolConfig
 from sip.protocol import TrunkConfig
@@ -47,6 +48,7 @@ async def running_worker(
     drain_seconds: float = 30.0,
     assets: Path | None = None,
     mqtt: MqttConfig | None = None,
+    ops: OpsConfig | None = None,
 ) -> AsyncIterator[Worker]:
     """A worker dialling until the block ends; leaving it stops the worker gracefully
     (no new calls, calls up get ``drain_seconds``, then are hung up and settled)."""
@@ -80,9 +82,15 @@ async def running_worker(
             )  # fmt: skip
             bridge = asyncio.create_task(worker.bridge.run(bridge_stop), name="mqtt")
         task = asyncio.create_task(worker.run(stop, drain_seconds))
+        endpoints = contextlib.AsyncExitStack()
         try:
+            if ops is not None and ops.port is not None:
+                worker.ops = await endpoints.enter_async_context(
+                    OpsServer(worker, ops.bind_address, ops.port)
+                )
             yield worker
         finally:
+            await endpoints.aclose()
             stop.set()
             await task
             if bridge is not None:  # after the worker: its last events go out too
@@ -111,6 +119,7 @@ async def run_worker(
             bind_address=cfg.sip.bind_address,
             drain_seconds=drain_seconds,
             mqtt=cfg.mqtt,
+            ops=cfg.ops,
         ):
             await stop.wait()
     finally:

@@ -21,6 +21,7 @@ import struct
 import time
 import uuid
 import wave
+from collections import Counter as Tally
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,6 +151,7 @@ class Worker:
         self.db = db
         self.events = events
         self.bridge: Any = None  # the MQTT bridge, when the runtime made one
+        self.ops: Any = None  # the metrics/health endpoints, when configured
         self.ledger = ledger
         self.pool = pool
         self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:8]}"
@@ -162,6 +164,8 @@ class Worker:
         self.ring_timeout = ring_timeout
         self.sessions: dict[str, Session] = {}
         self.billing_lag: list[float] = []  # answered event -> first debit committed (s)
+        self.placed = 0  # INVITEs sent (metrics)
+        self.dispositions: Tally[str] = Tally()  # calls ended, by disposition (metrics)
         self.exhausted_with_calls_up: list[int] = []
         self.exhausted_at: list[float] = []
         self._exhaustions: dict[str, int] = {}  # per account: EXHAUSTED signals seen
@@ -415,6 +419,7 @@ class Worker:
             await self.db.run(lambda conn: store.unclaim(conn, contact.contact_id))
             return False
         session.cdr["line"] = session.line
+        self.placed += 1
         self._emit("call.dialing", session, phone=contact.phone, attempt=contact.attempt)
         await self.db.run(lambda conn: store.write_call(conn, session.cdr))
         session.task = asyncio.create_task(self._run_session(session), name=call_id)
@@ -452,6 +457,18 @@ class Worker:
             await self._pause_account(signal.account)
         else:
             self._paused_accounts.discard(signal.account)
+
+    def calls_by_state(self) -> dict[str, int]:
+        """Calls up: dialing (no answer yet), answered (with the bot), agent (bridged)."""
+        counts = {"dialing": 0, "answered": 0, "agent": 0}
+        for session in list(self.sessions.values()):
+            if session.answered_at is None:
+                counts["dialing"] += 1
+            elif session.run is not None and session.run.with_agent:
+                counts["agent"] += 1
+            else:
+                counts["answered"] += 1
+        return counts
 
     def _emit(self, kind: str, session: Session | None = None, **fields: Any) -> None:
         if self.events is None:
@@ -665,6 +682,7 @@ class Worker:
             store.release_contact(conn, session.contact.contact_id, disposition.value, retry_at)
 
         await self.db.run(settle)
+        self.dispositions[disposition.value] += 1
         self._emit(
             "call.ended", session, disposition=disposition.value,
             sip_status=session.cdr["sip_status"], hangup_by=session.cdr["hangup_by"],

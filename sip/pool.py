@@ -225,6 +225,11 @@ class LinePool:
         return sum(max(0, line.room) for line in self._lines)
 
     @property
+    def lines_up(self) -> tuple[int, int]:
+        """(lines alive, lines in all): health checks."""
+        return sum(1 for line in self._lines if line.alive), len(self._lines)
+
+    @property
     def sip_ports(self) -> list[int]:
         return [line.sip_port for line in self._lines]
 
