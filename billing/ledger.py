@@ -289,6 +289,19 @@ def replayed_entry(conn: Connection, account: str, values: dict[str, Any]) -> En
     )
 
 
+def call_debits(conn: Connection, call_id: str) -> dict[Counter, int]:
+    """Seconds debited so far for one call, per counter (what a crash left persisted)."""
+    rows = conn.execute(
+        select(ENTRY.c.counter, func.sum(ENTRY.c.seconds))
+        .where(ENTRY.c.call_id == call_id, ENTRY.c.seconds < 0)
+        .group_by(ENTRY.c.counter)
+    ).all()
+    totals = {c: 0 for c in Counter}
+    for counter, seconds in rows:
+        totals[Counter(counter)] = -int(seconds)
+    return totals
+
+
 class Ledger:
     def __init__(
         self,

@@ -54,6 +54,13 @@ class MqttConfig(Section):
     buffer_events: int = Field(default=10_000, ge=100, le=10_000_000)
 
 
+class WorkerConfig(Section):
+    #: A stable id (one per worker: host name, systemd instance): after a crash the
+    #: restarted worker settles its previous run's calls at once instead of waiting
+    #: for their leases to run out. None: a random id per run.
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
 class OpsConfig(Section):
     """GET /metrics (Prometheus) and /health of a running worker; no port: off."""
 
@@ -101,6 +108,7 @@ class Settings(BaseSettings):
     sip: SipConfig = Field(default_factory=SipConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     ops: OpsConfig = Field(default_factory=OpsConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
     billing: BillingConfig = Field(default_factory=BillingConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

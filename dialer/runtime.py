@@ -49,6 +49,7 @@ async def running_worker(
     assets: Path | None = None,
     mqtt: MqttConfig | None = None,
     ops: OpsConfig | None = None,
+    worker_id: str | None = None,
 ) -> AsyncIterator[Worker]:
     """A worker dialling until the block ends; leaving it stops the worker gracefully
     (no new calls, calls up get ``drain_seconds``, then are hung up and settled)."""
@@ -71,6 +72,7 @@ async def running_worker(
             trunks={r.name: r for r in rows},
             ring_timeout=ring_timeout,
             events=events,
+            worker_id=worker_id,
         )
         bridge_stop = asyncio.Event()
         bridge: asyncio.Task[None] | None = None
@@ -120,6 +122,7 @@ async def run_worker(
             drain_seconds=drain_seconds,
             mqtt=cfg.mqtt,
             ops=cfg.ops,
+            worker_id=cfg.worker.id,
         ):
             await stop.wait()
     finally:

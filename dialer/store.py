@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from billing.ledger import account_id, gate
-from billing.tariff import Tariff, TrunkKind
+from billing.ledger import account_id, call_debits, gate
+from billing.tariff import Counter, Tariff, TrunkKind
 from dialer.campaign_state import Status
 from dialer.errors import DialerError
 from dialer.models import CallRecord, Campaign, Contact, DncEntry, Trunk
@@ -162,10 +162,9 @@ def claim_contacts(
     decision = gate(conn, account_id(conn, campaign.account), trunk_kind, tariff)
     if not decision.allowed:
         return ClaimResult([], False, decision.reason())
-    claimable = or_(
-        CONTACT.c.state == PENDING,
-        and_(CONTACT.c.state == IN_PROGRESS, CONTACT.c.lease_until < now),
-    )
+    # only pending ones: an in-progress contact whose lease ran out (its worker died)
+    # goes through reconcile_abandoned first, which knows whether its call was answered
+    claimable = CONTACT.c.state == PENDING
     due = conn.execute(
         select(CONTACT)
         .where(
@@ -252,6 +251,50 @@ def unclaim(conn: Connection, contact_id: int) -> None:
         .where(CONTACT.c.id == contact_id, CONTACT.c.state == IN_PROGRESS)
         .values(state=PENDING, attempts=CONTACT.c.attempts - 1, lease_owner=None, lease_until=None)
     )
+
+
+def reconcile_abandoned(conn: Connection, now: datetime, worker: str) -> list[dict[str, Any]]:
+    """Calls left in progress by a dead worker (lease run out, or claimed under this
+    worker's own id by its previous run): each open CDR is closed as `interrupted`,
+    billed what the ledger holds for it (debits are taken in advance and persisted:
+    nothing is charged again, nothing forgotten); the contact is done if its call was
+    answered, else pending again (a claim that never dialled gives its attempt back)."""
+    abandoned = or_(CONTACT.c.lease_until < now, CONTACT.c.lease_owner == worker)
+    stmt = select(CONTACT.c.id, CONTACT.c.lease_owner).where(
+        CONTACT.c.state == IN_PROGRESS, abandoned
+    )
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)  # two recovering workers: one each
+    settled: list[dict[str, Any]] = []
+    for contact_id, owner in conn.execute(stmt).all():
+        calls = conn.execute(
+            select(CALL.c.call_id, CALL.c.answered_at).where(
+                CALL.c.contact_id == contact_id, CALL.c.ended_at.is_(None)
+            )
+        ).all()
+        answered = any(c.answered_at is not None for c in calls)
+        for call in calls:
+            billed = call_debits(conn, call.call_id)
+            conn.execute(
+                update(CALL).where(CALL.c.call_id == call.call_id).values(
+                    ended_at=now, disposition="interrupted", hangup_by="recovery",
+                    billed_telephony_seconds=billed[Counter.TELEPHONY],
+                    billed_speech_seconds=billed[Counter.SPEECH],
+                )
+            )  # fmt: skip
+            settled.append({"call_id": call.call_id, "contact_id": contact_id,
+                            "owner": owner, "answered": call.answered_at is not None,
+                            "billed": {c.value: s for c, s in billed.items()}})  # fmt: skip
+        values: dict[str, Any] = {"lease_owner": None, "lease_until": None}
+        if answered:
+            values |= {"state": DONE, "last_disposition": "interrupted"}
+        elif calls:
+            values |= {"state": PENDING, "next_attempt_at": now,
+                       "last_disposition": "interrupted"}  # fmt: skip
+        else:  # claimed, never dialled
+            values |= {"state": PENDING, "attempts": CONTACT.c.attempts - 1}
+        conn.execute(update(CONTACT).where(CONTACT.c.id == contact_id).values(values))
+    return settled
 
 
 def extend_leases(conn: Connection, contact_ids: list[int], until: datetime) -> None:

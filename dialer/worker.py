@@ -23,7 +23,7 @@ import uuid
 import wave
 from collections import Counter as Tally
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ log = structlog.get_logger("dialer.worker")
 
 REFRESH_SECONDS = 0.5
 STATUS_SECONDS = 5.0
+RECOVER_SECONDS = 60.0  # look for dead workers' calls; renew our own leases
 SCRIPT_RETRY_SECONDS = 60.0
 LOOP_SECONDS = 0.05
 LEASE_SECONDS = 900
@@ -165,6 +166,8 @@ class Worker:
         self.sessions: dict[str, Session] = {}
         self.billing_lag: list[float] = []  # answered event -> first debit committed (s)
         self.placed = 0  # INVITEs sent (metrics)
+        self.recovered = 0  # calls of dead workers settled
+        self._recovered = 0.0
         self.dispositions: Tally[str] = Tally()  # calls ended, by disposition (metrics)
         self.exhausted_with_calls_up: list[int] = []
         self.exhausted_at: list[float] = []
@@ -185,6 +188,7 @@ class Worker:
         """Dial until ``stop`` is set; then let calls finish up to ``drain_seconds``."""
         router = asyncio.create_task(self._route_events(), name="worker-events")
         try:
+            await self._recover(own_previous=True)
             while not stop.is_set():
                 await self._dial_round()
                 with contextlib.suppress(TimeoutError):
@@ -310,7 +314,27 @@ class Worker:
         if wav == self.greeting:
             greeting_wav(self.assets)
 
+    async def _recover(self, own_previous: bool = False) -> None:
+        """Settle the calls a dead worker left (its leases ran out); at start also those
+        this worker's id held in its previous run. Keep this worker's own leases alive."""
+        self._recovered = time.monotonic()
+        now = utcnow()
+        worker = self.worker_id if own_previous else ""
+
+        def work(conn: Connection) -> list[dict[str, Any]]:
+            store.extend_leases(
+                conn, [s.contact.contact_id for s in self.sessions.values()],
+                now + timedelta(seconds=LEASE_SECONDS),
+            )  # fmt: skip
+            return store.reconcile_abandoned(conn, now, worker)
+
+        for call in await self.db.run(work):
+            self.recovered += 1
+            log.warning("call left by a dead worker settled as interrupted", **call)
+
     async def _dial_round(self) -> None:
+        if time.monotonic() - self._recovered >= RECOVER_SECONDS:
+            await self._recover()
         if time.monotonic() - self._refreshed >= REFRESH_SECONDS:
             await self._refresh()
             await self._complete_finished()

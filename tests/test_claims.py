@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,13 @@ async def test_leases_keep_two_workers_apart(db_url: str, tmp_path: Path) -> Non
         assert len(ids1) == len(ids2) == 3 and not ids1 & ids2
         assert not (await database.run(claimer(ledger, "w3", 3))).contacts  # all leased
         later = NOW + timedelta(seconds=61)  # w1 and w2 died: their leases ran out
+        # never taken straight from a dead worker: first settled (was it answered?)
+        assert len((await database.run(claimer(ledger, "w3", 10, later))).contacts) == 0
+        settled = await database.run(lambda c: store.reconcile_abandoned(c, later, "w3"))
+        assert settled == []  # no call had been placed for them: no CDR to close
         again = await database.run(claimer(ledger, "w3", 10, later))
         assert {c.contact_id for c in again.contacts} == ids1 | ids2
-        assert all(c.attempt == 2 for c in again.contacts)
+        assert all(c.attempt == 1 for c in again.contacts)  # the dead claims gave it back
     finally:
         await database.dispose()
 
@@ -90,5 +95,49 @@ async def test_closed_windows_and_dnc(db_url: str, tmp_path: Path) -> None:
         assert not (await database.run(claimer(ledger, "w1", 5))).contacts  # not due yet
         due = await database.run(claimer(ledger, "w1", 5, NOW + timedelta(hours=3)))
         assert len(due.contacts) == 2
+    finally:
+        await database.dispose()
+
+
+async def test_calls_left_by_a_dead_worker_are_settled_once(db_url: str, tmp_path: Path) -> None:
+    """Worker w1 dies with two calls up: one answered (two increments debited per
+    counter, in advance), one still ringing. Recovery closes both CDRs as interrupted,
+    bills exactly what was debited, never debits again, finishes the answered contact
+    and gives the other back for another attempt."""
+    database, ledger = await prepared(db_url, tmp_path, phones=2)
+    try:
+        [answered, ringing] = (await database.run(claimer(ledger, "w1", 2))).contacts
+        campaign = await database.run(lambda c: store.campaign_by_name(c, "spring"), write=False)
+        for contact, call_id, up in ((answered, "c-ans", True), (ringing, "c-ring", False)):
+            cdr = {"call_id": call_id, "campaign_id": campaign.id, "account": "acme",
+                   "contact_id": contact.contact_id, "phone": contact.phone, "attempt": 1,
+                   "direction": "outbound", "trunk_kind": "platform", "invite_at": NOW,
+                   "answered_at": NOW + timedelta(seconds=2) if up else None}  # fmt: skip
+            await database.run(partial(store.write_call, values=cdr))
+        for counter in Counter:
+            for increment in (1, 2):
+                await ledger.debit("acme", counter, 15, call_id="c-ans", increment=increment)
+        before = await ledger.balances("acme")
+        alive = await database.run(lambda c: store.reconcile_abandoned(c, NOW, "w2"))
+        assert alive == []  # w1's leases have not run out: its calls are left alone
+        later = NOW + timedelta(seconds=61)
+        settled = await database.run(lambda c: store.reconcile_abandoned(c, later, "w2"))
+        assert {s["call_id"]: s["billed"] for s in settled} == {
+            "c-ans": {"telephony": 30, "speech": 30},
+            "c-ring": {"telephony": 0, "speech": 0},
+        }
+        again = await database.run(lambda c: store.reconcile_abandoned(c, later, "w2"))
+        assert again == []  # once
+        assert await ledger.balances("acme") == before  # nothing charged twice
+        calls = {c.call_id: c for c in await database.run(
+            lambda c: store.calls_of(c, campaign.id), write=False)}  # fmt: skip
+        for call_id, billed in (("c-ans", 30), ("c-ring", 0)):
+            call = calls[call_id]
+            assert call.disposition == "interrupted" and call.hangup_by == "recovery"
+            assert call.billed_telephony_seconds == call.billed_speech_seconds == billed
+            assert call.ended_at == later
+        claim = await database.run(claimer(ledger, "w2", 5, later))
+        # the answered contact is never dialled again; the ringing one is, as attempt 2
+        assert [(c.contact_id, c.attempt) for c in claim.contacts] == [(ringing.contact_id, 2)]
     finally:
         await database.dispose()

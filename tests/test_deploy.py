@@ -22,6 +22,7 @@ def test_units_stop_gracefully_within_their_timeout(unit: Path) -> None:
     assert service["KillSignal"] == "SIGTERM"
     assert float(service["TimeoutStopSec"]) >= drain + 15  # drain, then hang up and settle
     assert "DIALER_CONFIG=" in service["Environment"]
+    assert "DIALER_WORKER__ID=%H" in service["Environment"]  # stable: restarts recover
 
 
 def test_there_are_units() -> None:
