@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from siputil import rtp_base
-from test_worker_e2e import simulator
+from test_worker_e2e import cli_campaign, simulator
 
 
 def test_a_killed_worker_is_recovered_by_its_restart(tmp_path: Path) -> None:
@@ -45,17 +45,8 @@ def test_a_killed_worker_is_recovered_by_its_restart(tmp_path: Path) -> None:
 
     plan = "[defaults]\nring = 0.2\ntalk = 60\n"
     with simulator(tmp_path, plan) as sim:
-        cli("db", "upgrade")
-        cli("account", "create", "acme")
-        cli("billing", "topup", "acme", "--counter", "telephony", "--minutes", "5")
-        cli("billing", "topup", "acme", "--counter", "speech", "--minutes", "5")
-        cli("trunk", "add", "main", "--account", "acme", "--kind", "platform",
-            "--uri", f"sip:127.0.0.1:{sim.port}")  # fmt: skip
-        cli("campaign", "create", "spring", "--account", "acme", "--trunk", "main",
-            "--max-concurrent", "2", "--retries", "0")  # fmt: skip
-        (tmp_path / "c.csv").write_text("phone\n+14155558001\n+14155558002\n+14155558003\n")
-        cli("campaign", "import", "spring", str(tmp_path / "c.csv"))
-        cli("campaign", "start", "spring")
+        phones = ["+14155558001", "+14155558002", "+14155558003"]
+        cli_campaign(cli, sim, tmp_path, phones, "--retries", "0")
         first = start_worker()
         try:
             wait_for(lambda: status()["calls"]["answered"] >= 2)  # type: ignore[index]

@@ -314,6 +314,23 @@ async def test_no_invite_leaves_after_the_exhausting_debit(db_url: str, tmp_path
     assert status["contacts"]["in_progress"] == 0  # the rest of the batch was given back
 
 
+def cli_campaign(cli: Any, sim: SimProcess, folder: Path, phones: list[str],
+                 *extra: str) -> None:  # fmt: skip
+    """Account, 5 min per counter, a trunk to the simulator and a started campaign, all
+    through the `dialer` command, as an operator sets it up."""
+    cli("db", "upgrade")
+    cli("account", "create", "acme")
+    cli("billing", "topup", "acme", "--counter", "telephony", "--minutes", "5")
+    cli("billing", "topup", "acme", "--counter", "speech", "--minutes", "5")
+    cli("trunk", "add", "main", "--account", "acme", "--kind", "platform",
+        "--uri", f"sip:127.0.0.1:{sim.port}")  # fmt: skip
+    cli("campaign", "create", "spring", "--account", "acme", "--trunk", "main",
+        "--max-concurrent", "2", *extra)  # fmt: skip
+    (folder / "c.csv").write_text("phone\n" + "\n".join(phones) + "\n")
+    cli("campaign", "import", "spring", str(folder / "c.csv"))
+    cli("campaign", "start", "spring")
+
+
 def test_the_worker_command_stops_gracefully_on_sigterm(tmp_path: Path, voice: Path) -> None:
     """The operator's edge: `dialer worker` as a process, SIGTERM while calls are up."""
     import json
@@ -333,17 +350,7 @@ def test_the_worker_command_stops_gracefully_on_sigterm(tmp_path: Path, voice: P
 
     plan = f'[defaults]\nring = 0.2\ntalk = 60\nplay = "{voice}"\n'
     with simulator(tmp_path, plan) as sim:
-        cli("db", "upgrade")
-        cli("account", "create", "acme")
-        cli("billing", "topup", "acme", "--counter", "telephony", "--minutes", "5")
-        cli("billing", "topup", "acme", "--counter", "speech", "--minutes", "5")
-        cli("trunk", "add", "main", "--account", "acme", "--kind", "platform",
-            "--uri", f"sip:127.0.0.1:{sim.port}")  # fmt: skip
-        cli("campaign", "create", "spring", "--account", "acme", "--trunk", "main",
-            "--max-concurrent", "2")  # fmt: skip
-        (tmp_path / "c.csv").write_text("phone\n+14155557001\n+14155557002\n+14155557003\n")
-        cli("campaign", "import", "spring", str(tmp_path / "c.csv"))
-        cli("campaign", "start", "spring")
+        cli_campaign(cli, sim, tmp_path, ["+14155557001", "+14155557002", "+14155557003"])
         worker = subprocess.Popen(
             [exe, "worker", "--lines", "1", "--sip-port", "0", "--drain-seconds", "1"],
             env=env | {"DIALER_SIP__RTP_PORT_BASE": str(rtp_base())},
