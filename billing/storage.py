@@ -17,6 +17,7 @@ I/O of their own), handed to ``Database.run``. How they run depends on the backe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -133,8 +134,17 @@ class Database:
                     return await conn.run_sync(work)
                 async with conn.begin():
                     return await conn.run_sync(work)
+            except DBAPIError as exc:
+                # the server went away (restart, failover): SQLAlchemy has dropped the
+                # connection from the pool; callers see one kind of outage and may retry
+                if exc.connection_invalidated:
+                    raise self._lost(exc) from None
+                raise
+            except OSError as exc:
+                raise self._lost(exc) from None
             finally:
-                await conn.close()
+                with contextlib.suppress(DBAPIError, OSError):
+                    await conn.close()
         assert self._writer is not None and self._readers is not None
         pool = self._writer if write else self._readers
         loop = asyncio.get_running_loop()
@@ -148,6 +158,11 @@ class Database:
             raise self._unavailable(exc) from None
         with conn, conn.begin():
             return work(conn)
+
+    def _lost(self, exc: BaseException) -> DatabaseUnavailable:
+        return DatabaseUnavailable(
+            f"lost the connection to database {self.shown}: {first_line(exc)}"
+        )
 
     def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
         return DatabaseUnavailable(f"cannot open database {self.shown}: {first_line(exc)}")

@@ -37,6 +37,9 @@ class Trunk(SQLModel, table=True):
     registers: bool = False
     channels: int = 30
     cps: float = Field(default=10.0, sa_column=Column(Float, nullable=False))
+    #: the shared calls-per-second bucket (every worker draws from it); None: full
+    pace_tokens: float | None = Field(default=None, sa_column=Column(Float))
+    pace_at: datetime | None = Field(default=None, sa_column=Column(DateTime()))
     created_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))
 
 
@@ -55,6 +58,8 @@ class Campaign(SQLModel, table=True):
     timezone: str = Field(default="UTC", sa_column=Column(String(64), nullable=False))
     max_concurrent: int = 4
     cps: float = Field(default=1.0, sa_column=Column(Float, nullable=False))
+    pace_tokens: float | None = Field(default=None, sa_column=Column(Float))
+    pace_at: datetime | None = Field(default=None, sa_column=Column(DateTime()))
     retry: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     agent_uri: str | None = Field(default=None, sa_column=Column(String(255)))
     max_call_seconds: int = 600

@@ -44,3 +44,18 @@ class TokenBucket:
         """Seconds until a token is available (0 if one is)."""
         self._refill(now)
         return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
+
+
+def burst_of(rate: float) -> float:
+    """Tokens a bucket saves up: one second's worth, at least one call."""
+    return max(1.0, rate)
+
+
+def shared_tokens(tokens: float | None, elapsed: float, rate: float) -> float:
+    """A bucket kept in the database (shared by every worker): its tokens ``elapsed``
+    seconds after it was last written. ``None`` (never used) is a full bucket; a clock
+    that went backwards (another host's) adds nothing."""
+    burst = burst_of(rate)
+    if tokens is None:
+        return burst
+    return min(burst, tokens + max(0.0, elapsed) * rate)

@@ -6,6 +6,7 @@ like the ledger's). The contact claim and the balance gate share one transaction
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from billing.tariff import Counter, Tariff, TrunkKind
 from dialer.campaign_state import Status
 from dialer.errors import DialerError
 from dialer.models import CallRecord, Campaign, Contact, DncEntry, Trunk
+from dialer.pacing import shared_tokens
 
 TRUNK = Trunk.__table__  # type: ignore[attr-defined]
 CAMPAIGN = Campaign.__table__  # type: ignore[attr-defined]
@@ -162,6 +164,10 @@ def claim_contacts(
     decision = gate(conn, account_id(conn, campaign.account), trunk_kind, tariff)
     if not decision.allowed:
         return ClaimResult([], False, decision.reason())
+    budget = SharedBudget.read(conn, campaign.id, now)
+    limit = min(limit, budget.calls)
+    if limit <= 0:
+        return ClaimResult([], True)
     # only pending ones: an in-progress contact whose lease ran out (its worker died)
     # goes through reconcile_abandoned first, which knows whether its call was answered
     claimable = CONTACT.c.state == PENDING
@@ -226,7 +232,82 @@ def claim_contacts(
         claimed.append(
             Claimed(row.id, row.phone, row.timezone, row.attempts + 1, dict(row.attributes or {}))
         )
+    budget.spend(conn, len(claimed))
     return ClaimResult(claimed, True)
+
+
+@dataclass(frozen=True)
+class SharedBudget:
+    """What one claim may dial under the limits all workers share, read with the trunk
+    and campaign rows locked (PostgreSQL: FOR UPDATE, so claims on one trunk take turns;
+    SQLite: BEGIN IMMEDIATE already made this the only writer): the trunk's channels and
+    the campaign's max_concurrent minus the contacts in progress anywhere (claimed and
+    not yet released: calls up, about to be dialled, or left by a dead worker until it
+    is reconciled), and the calls-per-second buckets of both rows."""
+
+    trunk_id: int
+    campaign_id: int
+    now: datetime
+    trunk_tokens: float
+    trunk_at: datetime
+    campaign_tokens: float
+    campaign_at: datetime
+    calls: int
+
+    @classmethod
+    def read(cls, conn: Connection, campaign_id: int, now: datetime) -> SharedBudget:
+        pacing = (CAMPAIGN.c.cps, CAMPAIGN.c.pace_tokens, CAMPAIGN.c.pace_at)
+        campaign_q = select(CAMPAIGN.c.trunk_id, CAMPAIGN.c.state, CAMPAIGN.c.max_concurrent,
+                            *pacing).where(CAMPAIGN.c.id == campaign_id)  # fmt: skip
+        trunk_id = conn.execute(campaign_q).one().trunk_id
+        trunk_q = select(TRUNK.c.channels, TRUNK.c.cps, TRUNK.c.pace_tokens,
+                         TRUNK.c.pace_at).where(TRUNK.c.id == trunk_id)  # fmt: skip
+        if conn.dialect.name == "postgresql":  # lock order: trunk, then campaign
+            trunk_q, campaign_q = trunk_q.with_for_update(), campaign_q.with_for_update()
+        trunk = conn.execute(trunk_q).one()
+        campaign = conn.execute(campaign_q).one()
+        up = select(func.count()).where(CONTACT.c.state == IN_PROGRESS)
+        trunk_up = conn.execute(
+            up.join(CAMPAIGN, CAMPAIGN.c.id == CONTACT.c.campaign_id).where(
+                CAMPAIGN.c.trunk_id == trunk_id
+            )
+        ).scalar_one()
+        campaign_up = conn.execute(up.where(CONTACT.c.campaign_id == campaign_id)).scalar_one()
+        trunk_tokens = shared_tokens(trunk.pace_tokens, since(trunk.pace_at, now), trunk.cps)
+        campaign_tokens = shared_tokens(
+            campaign.pace_tokens, since(campaign.pace_at, now), campaign.cps
+        )
+        calls = min(
+            trunk.channels - int(trunk_up),
+            campaign.max_concurrent - int(campaign_up),
+            math.floor(trunk_tokens + 1e-9),
+            math.floor(campaign_tokens + 1e-9),
+        )
+        if campaign.state != "running":  # paused since the worker last looked
+            calls = 0
+        return cls(
+            trunk_id, campaign_id, now,
+            trunk_tokens, max(now, trunk.pace_at or now),
+            campaign_tokens, max(now, campaign.pace_at or now),
+            max(0, calls),
+        )  # fmt: skip
+
+    def spend(self, conn: Connection, calls: int) -> None:
+        """Take ``calls`` tokens from both buckets (only what was claimed is spent)."""
+        if calls <= 0:
+            return  # the buckets refill from their last write: nothing to store
+        conn.execute(
+            update(TRUNK).where(TRUNK.c.id == self.trunk_id)
+            .values(pace_tokens=self.trunk_tokens - calls, pace_at=self.trunk_at)
+        )  # fmt: skip
+        conn.execute(
+            update(CAMPAIGN).where(CAMPAIGN.c.id == self.campaign_id)
+            .values(pace_tokens=self.campaign_tokens - calls, pace_at=self.campaign_at)
+        )  # fmt: skip
+
+
+def since(at: datetime | None, now: datetime) -> float:
+    return 0.0 if at is None else (now - at).total_seconds()
 
 
 def release_contact(

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import struct
 import time
 import uuid
 import wave
 from collections import Counter as Tally
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import Connection
@@ -33,7 +35,7 @@ from sqlalchemy import Connection
 from billing.ledger import BalanceSignal, Ledger, SignalKind
 from billing.meter import CallMeter, Debit
 from billing.period import utcnow
-from billing.storage import Database, first_line
+from billing.storage import Database, DatabaseUnavailable, first_line
 from billing.tariff import Counter, TrunkKind
 from dialer import store
 from dialer.campaign_state import Action, CampaignState, transition
@@ -49,6 +51,7 @@ from sip.pool import LinePool, PoolError
 from sip.recognizer import private_temp_dir
 
 log = structlog.get_logger("dialer.worker")
+T = TypeVar("T")
 
 REFRESH_SECONDS = 0.5
 STATUS_SECONDS = 5.0
@@ -56,6 +59,8 @@ RECOVER_SECONDS = 60.0  # look for dead workers' calls; renew our own leases
 SCRIPT_RETRY_SECONDS = 60.0
 LOOP_SECONDS = 0.05
 LEASE_SECONDS = 900
+OUTAGE_FIRST_RETRY = 0.25  # database unavailable: retry writes, back off to ...
+OUTAGE_MAX_RETRY = 5.0
 
 
 def disposition_of_failure(event: dict[str, Any]) -> Disposition:
@@ -167,6 +172,7 @@ class Worker:
         self.billing_lag: list[float] = []  # answered event -> first debit committed (s)
         self.placed = 0  # INVITEs sent (metrics)
         self.recovered = 0  # calls of dead workers settled
+        self.db_retries = 0  # writes retried while the database was unavailable
         self._recovered = 0.0
         self.dispositions: Tally[str] = Tally()  # calls ended, by disposition (metrics)
         self.exhausted_with_calls_up: list[int] = []
@@ -189,10 +195,18 @@ class Worker:
         router = asyncio.create_task(self._route_events(), name="worker-events")
         try:
             await self._recover(own_previous=True)
+            pause = LOOP_SECONDS
             while not stop.is_set():
-                await self._dial_round()
+                try:
+                    await self._dial_round()
+                    pause = LOOP_SECONDS
+                except DatabaseUnavailable as exc:
+                    # no claim, no call: calls up go on, their writes wait (_durably)
+                    if pause == LOOP_SECONDS:
+                        log.error("database unavailable: not dialling", error=str(exc))
+                    pause = min(max(pause * 2, OUTAGE_FIRST_RETRY), OUTAGE_MAX_RETRY)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), LOOP_SECONDS)
+                    await asyncio.wait_for(stop.wait(), pause)
             self._stopping = True
             log.info("stopping: no new calls", calls_up=len(self.sessions))
             await self._drain(drain_seconds)
@@ -404,7 +418,7 @@ class Worker:
                     for contact_id in rest:
                         store.unclaim(conn, contact_id)
 
-                await self.db.run(give_back)
+                await self._durably("give back claims", lambda: self.db.run(give_back))
                 return
 
     async def _dial(self, view: CampaignView, contact: store.Claimed) -> bool:
@@ -440,12 +454,17 @@ class Worker:
             # no INVITE left: the attempt does not count
             del self.sessions[call_id]
             log.warning("dial refused", call_id=call_id, error=str(exc))
-            await self.db.run(lambda conn: store.unclaim(conn, contact.contact_id))
+            await self._durably(
+                "unclaim", lambda: self.db.run(lambda c: store.unclaim(c, contact.contact_id))
+            )
             return False
         session.cdr["line"] = session.line
         self.placed += 1
         self._emit("call.dialing", session, phone=contact.phone, attempt=contact.attempt)
-        await self.db.run(lambda conn: store.write_call(conn, session.cdr))
+        cdr = dict(session.cdr)
+        await self._durably(
+            "call record", lambda: self.db.run(lambda c: store.write_call(c, cdr)), session
+        )
         session.task = asyncio.create_task(self._run_session(session), name=call_id)
         return True
 
@@ -502,22 +521,47 @@ class Worker:
                       "call_id": session.call_id, **fields}  # fmt: skip
         self.events.emit(kind, **fields)
 
+    async def _durably(
+        self, what: str, attempt: Callable[[], Awaitable[T]], session: Session | None = None
+    ) -> T:
+        """An idempotent write (debits carry their idempotency key, CDRs are upserts,
+        releases set values) retried until the database takes it: during an outage the
+        calls up go on and their writes wait here with their own timestamps, so nothing
+        is dropped or charged twice."""
+        delay = OUTAGE_FIRST_RETRY
+        while True:
+            try:
+                return await attempt()
+            except DatabaseUnavailable as exc:
+                if delay == OUTAGE_FIRST_RETRY:
+                    log.error("database unavailable: write kept, retrying", what=what,
+                              call_id=session.call_id if session else None,
+                              error=str(exc))  # fmt: skip
+                self.db_retries += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, OUTAGE_MAX_RETRY)
+
     async def _pause_account(self, account: str) -> None:
-        paused = await pause_for_balance(self.db, account)
+        paused = await self._durably("pause campaigns", lambda: pause_for_balance(self.db, account))
         if paused:
             log.warning("balance exhausted: campaigns paused", account=account, campaigns=paused)
         self.campaigns = {k: v for k, v in self.campaigns.items() if v.row.account != account}
 
     async def _debit(self, session: Session, debits: list[Debit]) -> None:
         for debit in debits:
-            result = await self.ledger.debit(
-                session.campaign.account,
-                debit.counter,
-                debit.seconds,
-                call_id=session.call_id,
-                increment=debit.increment,
-                campaign=session.campaign.name,
-                contact=session.contact.phone,
+            result = await self._durably(
+                "debit",
+                functools.partial(
+                    self.ledger.debit,
+                    session.campaign.account,
+                    debit.counter,
+                    debit.seconds,
+                    call_id=session.call_id,
+                    increment=debit.increment,
+                    campaign=session.campaign.name,
+                    contact=session.contact.phone,
+                ),
+                session,
             )
             if not result.replayed:
                 self._emit("billing.debit", account=session.campaign.account,
@@ -667,7 +711,7 @@ class Worker:
         def save(conn: Connection) -> None:
             store.write_call(conn, cdr)
 
-        await self.db.run(save)
+        await self._durably("call record", lambda: self.db.run(save))
 
     async def _finish(self, session: Session, event: dict[str, Any], at: float) -> None:
         name = event["event"]
@@ -700,12 +744,14 @@ class Worker:
         }
         policy = RetryPolicy.from_json(session.campaign.retry)
         retry_at = policy.next_attempt(disposition, session.contact.attempt, utcnow())
+        if answered and disposition is Disposition.INTERRUPTED:
+            retry_at = None  # someone was reached (a line died under the call): never again
 
         def settle(conn: Connection) -> None:
             store.write_call(conn, session.cdr)
             store.release_contact(conn, session.contact.contact_id, disposition.value, retry_at)
 
-        await self.db.run(settle)
+        await self._durably("call settlement", lambda: self.db.run(settle), session)
         self.dispositions[disposition.value] += 1
         self._emit(
             "call.ended", session, disposition=disposition.value,

@@ -79,6 +79,7 @@ class Sipp:
         remote: str | None = None,
         transport: str = "u1",
         timeout: float = 30,
+        options: tuple[str, ...] = (),
     ) -> None:
         self.scenario = scenario
         self.port = port or free_port()
@@ -95,6 +96,7 @@ class Sipp:
         ]  # fmt: skip
         for key, value in (sets or {}).items():
             command += ["-set", key, str(value)]
+        command += options
         if remote:
             command.append(remote)
         self.process = subprocess.Popen(

@@ -20,25 +20,33 @@ from dialer.campaigns import CampaignSpec, add_trunk, change_state, create_campa
 NOW = datetime(2026, 11, 27, 12, 0)
 
 
-async def prepared(db_url: str, tmp_path: Path, phones: int = 6) -> tuple[Database, Ledger]:
+async def prepared(
+    db_url: str, tmp_path: Path, phones: int = 6, *, channels: int = 30, trunk_cps: float = 100,
+    campaigns: tuple[str, ...] = ("spring",), max_concurrent: int = 30, cps: float = 100,
+) -> tuple[Database, Ledger]:  # fmt: skip
     database = Database(db_url)
     ledger = Ledger(database)
     await ledger.create_account("acme")
     for counter in Counter:
         await ledger.buy_package("acme", counter, 1)
-    await add_trunk(database, name="main", account="acme", kind="platform", uri="sip:127.0.0.1")
-    await create_campaign(database, CampaignSpec(name="spring", account="acme", trunk="main"))
-    csv = tmp_path / "c.csv"
-    csv.write_text("phone\n" + "\n".join(f"+1415555{4000 + n}" for n in range(phones)) + "\n")
-    await import_contacts(database, "spring", csv)
-    await change_state(database, ledger.tariff, "spring", Action.START)
+    await add_trunk(database, name="main", account="acme", kind="platform", uri="sip:127.0.0.1",
+                    channels=channels, cps=trunk_cps)  # fmt: skip
+    for n, name in enumerate(campaigns):
+        spec = CampaignSpec(name=name, account="acme", trunk="main",
+                            max_concurrent=max_concurrent, cps=cps)  # fmt: skip
+        await create_campaign(database, spec)
+        csv = tmp_path / f"{name}.csv"
+        numbers = (f"+1415555{4000 + 100 * n + k}" for k in range(phones))
+        csv.write_text("phone\n" + "\n".join(numbers) + "\n")
+        await import_contacts(database, name, csv)
+        await change_state(database, ledger.tariff, name, Action.START)
     return database, ledger
 
 
 def claimer(ledger: Ledger, worker: str, limit: int, now: datetime = NOW,
-            open_zone: Any = lambda zone: True) -> Any:  # fmt: skip
+            open_zone: Any = lambda zone: True, name: str = "spring") -> Any:  # fmt: skip
     def claim(conn: Connection) -> store.ClaimResult:
-        campaign = store.campaign_by_name(conn, "spring")
+        campaign = store.campaign_by_name(conn, name)
         return store.claim_contacts(conn, campaign, TrunkKind.PLATFORM, ledger.tariff, worker,
                                     now, limit, 60, open_zone,
                                     lambda zone: now + timedelta(hours=3))  # fmt: skip
@@ -139,5 +147,109 @@ async def test_calls_left_by_a_dead_worker_are_settled_once(db_url: str, tmp_pat
         claim = await database.run(claimer(ledger, "w2", 5, later))
         # the answered contact is never dialled again; the ringing one is, as attempt 2
         assert [(c.contact_id, c.attempt) for c in claim.contacts] == [(ringing.contact_id, 2)]
+    finally:
+        await database.dispose()
+
+
+# -- limits shared by every worker (kept in the database) ---------------------------------
+
+
+async def in_progress(database: Database) -> int:
+    def count(conn: Connection) -> int:
+        return sum(store.contact_counts(conn, c.id)[store.IN_PROGRESS]
+                   for c in store.campaigns_of_account(conn, "acme"))  # fmt: skip
+
+    return await database.run(count, write=False)
+
+
+async def test_trunk_channels_hold_across_workers(db_url: str, tmp_path: Path) -> None:
+    """Two campaigns on one 3-channel trunk, four workers (separate connection pools)
+    claiming at once: never more than 3 contacts in progress, whoever claims."""
+    database, ledger = await prepared(db_url, tmp_path, phones=10, channels=3,
+                                      campaigns=("spring", "autumn"))  # fmt: skip
+    others = [Database(db_url) for _ in range(3)]
+    try:
+        workers = [database, *others]
+        results = await asyncio.gather(*(
+            w.run(claimer(ledger, f"w{n}", 3, name=("spring", "autumn")[n % 2]))
+            for n, w in enumerate(workers)
+        ))  # fmt: skip
+        assert sum(len(r.contacts) for r in results) == 3 == await in_progress(database)
+        assert not (await others[0].run(claimer(ledger, "w9", 5, name="autumn"))).contacts
+        # a call ends: its channel is free for any worker, on any campaign of the trunk
+        done = next(r.contacts[0] for r in results if r.contacts)
+        await database.run(lambda c: store.release_contact(c, done.contact_id, "answered", None))
+        again = await others[1].run(claimer(ledger, "w8", 5, name="autumn"))
+        assert len(again.contacts) == 1 and await in_progress(database) == 3
+    finally:
+        for other in others:
+            await other.dispose()
+        await database.dispose()
+
+
+async def test_campaign_concurrency_holds_across_workers(db_url: str, tmp_path: Path) -> None:
+    database, ledger = await prepared(db_url, tmp_path, phones=10, max_concurrent=2)
+    other = Database(db_url)
+    try:
+        first, second = await asyncio.gather(
+            database.run(claimer(ledger, "w1", 2)), other.run(claimer(ledger, "w2", 2))
+        )
+        assert len(first.contacts) + len(second.contacts) == 2
+    finally:
+        await other.dispose()
+        await database.dispose()
+
+
+async def test_calls_per_second_budgets_are_shared(db_url: str, tmp_path: Path) -> None:
+    """A 2 cps trunk: two workers together get 2 calls at once (the saved-up second),
+    then one per half second, never more than 2 saved up, whatever the campaigns' own
+    budgets; a campaign's own budget (1 cps) holds across workers too."""
+    database, ledger = await prepared(db_url, tmp_path, phones=20, trunk_cps=2,
+                                      campaigns=("spring", "autumn"))  # fmt: skip
+    other = Database(db_url)
+    try:
+
+        async def both(at: datetime, name: str = "spring") -> int:
+            got = await asyncio.gather(
+                database.run(claimer(ledger, "w1", 5, at, name=name)),
+                other.run(claimer(ledger, "w2", 5, at, name="autumn")),
+            )
+            return sum(len(r.contacts) for r in got)
+
+        assert await both(NOW) == 2
+        assert await both(NOW + timedelta(seconds=0.2)) == 0
+        assert await both(NOW + timedelta(seconds=0.5)) == 1
+        assert await both(NOW + timedelta(seconds=60)) == 2  # saved up: one second's worth
+        # another host's clock behind ours: no tokens out of thin air
+        assert await both(NOW + timedelta(seconds=59)) == 0
+        assert await both(NOW + timedelta(seconds=61)) == 2
+    finally:
+        await other.dispose()
+        await database.dispose()
+
+
+async def test_a_campaigns_own_cps_is_shared(db_url: str, tmp_path: Path) -> None:
+    database, ledger = await prepared(db_url, tmp_path, phones=20, cps=1)
+    other = Database(db_url)
+    try:
+        for second in range(5):
+            at = NOW + timedelta(seconds=second)
+            got = await asyncio.gather(
+                database.run(claimer(ledger, "w1", 5, at)), other.run(claimer(ledger, "w2", 5, at))
+            )
+            assert sum(len(r.contacts) for r in got) == 1
+    finally:
+        await other.dispose()
+        await database.dispose()
+
+
+async def test_a_paused_campaign_is_not_claimed_from(db_url: str, tmp_path: Path) -> None:
+    """A worker's view of the running campaigns is up to half a second old: the claim
+    itself reads the state, so a pause (CLI, MQTT, another worker) stops new calls now."""
+    database, ledger = await prepared(db_url, tmp_path)
+    try:
+        await change_state(database, ledger.tariff, "spring", Action.PAUSE)
+        result = await database.run(claimer(ledger, "w1", 3))
+        assert result.gate_open and not result.contacts
     finally:
         await database.dispose()

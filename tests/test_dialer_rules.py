@@ -18,7 +18,7 @@ from dialer.campaign_state import (
     transition,
 )
 from dialer.errors import DialerError
-from dialer.pacing import TokenBucket
+from dialer.pacing import TokenBucket, burst_of, shared_tokens
 from dialer.retry import Disposition, RetryPolicy, Rule
 from dialer.windows import CallingWindow, parse_days, parse_zone
 
@@ -170,3 +170,29 @@ def test_retry_policy() -> None:
     assert RetryPolicy.from_json(policy.to_json()) == policy
     with pytest.raises(DialerError):
         RetryPolicy(max_attempts=0)
+
+
+@given(
+    rate=st.floats(min_value=0.1, max_value=200),
+    steps=st.lists(
+        st.tuples(st.floats(min_value=-5, max_value=5), st.integers(min_value=0, max_value=50)),
+        max_size=60,
+    ),
+)
+def test_a_shared_bucket_never_grants_more_than_its_rate(
+    rate: float, steps: list[tuple[float, int]]
+) -> None:
+    """Claims as the database runs them (tokens and the time of the last write, clocks of
+    several hosts that may go backwards): calls granted <= burst + rate x time covered."""
+    tokens: float | None = None
+    last = 0.0
+    granted = 0
+    for dt, want in steps:
+        now = last + dt
+        available = shared_tokens(tokens, now - last, rate)
+        take = min(want, int(available + 1e-9))
+        granted += take
+        if take:
+            tokens, last = available - take, max(now, last)
+    covered = last
+    assert granted <= burst_of(rate) + rate * covered + 1e-6
