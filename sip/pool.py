@@ -146,6 +146,7 @@ class LinePool:
         self._dialing: set[str] = set()
         self._closing = False
         self._restarting: set[asyncio.Task[None]] = set()
+        self.line_deaths = 0  # line processes that died under us (metrics, tests)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -434,6 +435,7 @@ class LinePool:
         if self._closing or line.restarting:
             return  # a restart loop is already at work on this line
         log.error("line died; starting a replacement", line=line.name, exit_code=code)
+        self.line_deaths += 1
         self._events.put_nowait(
             {"v": 1, "event": "line_died", "line": line.name, "exit_code": code, "at": now}
         )
