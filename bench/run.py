@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import amd_eval  # noqa: E402
 import ledger_debits  # noqa: E402
 import mqtt_events  # noqa: E402
+import scale_out  # noqa: E402
 import sip_pool  # noqa: E402
 import worker as worker_bench  # noqa: E402
 
@@ -227,12 +228,48 @@ in the same process; latency = emitted -> received. The paced rate is a campaign
     replace_section("MQTT event stream", body)
 
 
+def scale_section(when: str, lines: int = 10, contacts: int = 2000) -> None:
+    one, two = scale_out.main(lines, contacts)
+
+    def row(run: scale_out.Run) -> str:
+        split = " / ".join(f"{n:,}" for n in run.by_worker.values())
+        books = "yes" if run.exact else "NO"
+        return (
+            f"| {run.workers} x {run.lines} lines | {run.answered:,} in {run.seconds:.1f} s "
+            f"| {run.rate:.1f} | {split} | {run.ledger_seconds:,} / {run.cdr_seconds:,} / "
+            f"{run.callee_seconds:,} ({books}) | {run.duplicates} |"
+        )
+
+    body = f"""
+Run {when} on {machine()}.
+
+`dialer worker` processes sharing one PostgreSQL database (claims with FOR UPDATE SKIP
+LOCKED leases, the trunk's channels and calls-per-second budgets kept in the database),
+{contacts:,} contacts against one sipp callee farm (`uas_answer.xml`: answers at once, hangs
+up after {scale_out.HOLD_MS} ms, every message traced). Same run: one worker, then two
+workers on a fresh campaign. Rate = answered calls / (first INVITE to last hangup).
+Billing: ledger debits = CDR billed seconds = each callee's connected time in its trace
+rounded up to 15 s. Duplicates: numbers that received more than one INVITE.
+
+| workers | answered | calls/s | placed per worker | ledger / CDR / callee s (exact) | duplicates |
+|---|---|---|---|---|---|
+{row(one)}
+{row(two)}
+
+Two workers: **{two.rate / one.rate:.2f} x** one worker's throughput on this 2-core host
+(both workers, their {2 * lines} line processes, sipp and PostgreSQL share the two cores).
+"""
+    replace_section("Scale-out: workers sharing PostgreSQL", body)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=1200, help="ledger: calls per scenario")
     parser.add_argument("--lines", type=int, default=40, help="sip: line processes")
     parser.add_argument(
-        "--only", choices=["ledger", "sip", "worker", "amd", "mqtt"], help="run one benchmark"
+        "--only",
+        choices=["ledger", "sip", "worker", "amd", "mqtt", "scale"],
+        help="run one benchmark",
     )
     parser.add_argument("--per-kind", type=int, default=36, help="amd: samples per kind")
     args = parser.parse_args()
@@ -247,6 +284,8 @@ def main() -> None:
         amd_section(args.per_kind, when)
     if args.only in (None, "mqtt"):
         mqtt_section(when)
+    if args.only in (None, "scale"):
+        scale_section(when)
     print(f"written to {DOC.relative_to(ROOT)}")
 
 

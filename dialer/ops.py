@@ -102,6 +102,15 @@ class OpsServer:
         placed = CounterMetricFamily("dialer_calls_placed", "INVITEs sent (rate() = calls/s)")
         placed.add_metric([], w.placed)
         families.append(placed)
+        for name, doc, value in (
+            ("dialer_line_deaths", "Line processes that died (restarted)", w.pool.line_deaths),
+            ("dialer_calls_recovered", "Calls of dead workers settled", w.recovered),
+            ("dialer_db_write_retries", "Writes retried while the database was away",
+             w.db_retries),
+        ):  # fmt: skip
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], value)
+            families.append(family)
         ended = CounterMetricFamily("dialer_calls_ended", "Calls ended, by disposition",
                                     labels=["disposition"])  # fmt: skip
         for disposition, count in sorted(w.dispositions.items()):
