@@ -105,7 +105,8 @@ async def run_campaign(folder: Path, lines: int, contacts: int, kind: str,
             exhausted = True
     up = worker.exhausted_with_calls_up[0] if worker.exhausted_with_calls_up else 0
     return Result(contacts, elapsed, status["calls"]["answered"], max(samples),
-                  statistics.mean(samples), worker.billing_lag, overshoot, up * 15)  # fmt: skip
+                  statistics.mean(samples), list(worker.billing_lag), overshoot,
+                  up * 15)  # fmt: skip
 
 
 def main(lines: int = 10, contacts: int = 1000) -> tuple[sip_pool.Phase, Result, Result]:

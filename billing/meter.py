@@ -121,6 +121,11 @@ class CallMeter:
     def agent_ended(self, at: float) -> list[Debit]:
         return self._handle(MeterEvent.AGENT_ENDED, at)
 
+    @property
+    def last_event_at(self) -> float | None:
+        """The time (s) of the latest event: later events may not be earlier than it."""
+        return None if self._last_ms is None else self._last_ms / 1000
+
     def hangup(self, at: float) -> list[Debit]:
         return self._handle(MeterEvent.HANGUP, at)
 

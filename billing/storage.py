@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from billing.errors import BillingError
@@ -35,6 +36,15 @@ T = TypeVar("T")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SECRET_QUERY_KEYS = frozenset({"password", "passwd", "sslpassword"})
 SQLITE_READERS = 4
+CONNECT_TIMEOUT_SECONDS = 10
+COMMAND_TIMEOUT_SECONDS = 60
+POOL_TIMEOUT_SECONDS = 30
+#: PostgreSQL errors after which the same transaction may simply be run again:
+#: serialization failure, deadlock, read-only (a failover in progress), statement
+#: cancelled or timed out, lock not available, and the connection/shutdown classes
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "25006", "57014", "55P03"})
+_TRANSIENT_CLASSES = ("08", "57P")
+_SQLITE_TRANSIENT = ("database is locked", "database is busy", "disk i/o error")
 
 _DRIVERS = {
     "sqlite": "sqlite+pysqlite",
@@ -89,8 +99,13 @@ class Database:
             self._open_sqlite(create)
         else:
             self._async = create_async_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False
-            )
+                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False,
+                pool_timeout=POOL_TIMEOUT_SECONDS,
+                # a server that stops answering (partition, power loss) must not hang a
+                # transaction forever: it fails and is retried like any outage
+                connect_args={"timeout": CONNECT_TIMEOUT_SECONDS,
+                              "command_timeout": COMMAND_TIMEOUT_SECONDS},
+            )  # fmt: skip
 
     def _open_sqlite(self, create: bool) -> None:
         database = self.url.database
@@ -139,8 +154,10 @@ class Database:
                 # connection from the pool; callers see one kind of outage and may retry
                 if exc.connection_invalidated:
                     raise self._lost(exc) from None
+                if _transient(exc):
+                    raise self._busy(exc) from None
                 raise
-            except OSError as exc:
+            except (OSError, PoolTimeout) as exc:
                 raise self._lost(exc) from None
             finally:
                 with contextlib.suppress(DBAPIError, OSError):
@@ -156,8 +173,19 @@ class Database:
             conn = self._sync.connect().execution_options(sqlite_immediate=write)
         except (DBAPIError, OSError, ValueError) as exc:
             raise self._unavailable(exc) from None
-        with conn, conn.begin():
-            return work(conn)
+        try:
+            with conn, conn.begin():
+                return work(conn)
+        except OperationalError as exc:
+            if any(m in str(exc.orig).lower() for m in _SQLITE_TRANSIENT):
+                raise self._busy(exc) from None
+            raise
+
+    def _busy(self, exc: BaseException) -> DatabaseUnavailable:
+        return DatabaseUnavailable(
+            f"database {self.shown} could not complete a transaction (it is retried): "
+            f"{first_line(exc)}"
+        )
 
     def _lost(self, exc: BaseException) -> DatabaseUnavailable:
         return DatabaseUnavailable(
@@ -198,6 +226,15 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(connection: Connection) -> None:
         immediate = connection.get_execution_options().get("sqlite_immediate", True)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _transient(exc: DBAPIError) -> bool:
+    inner = exc.orig
+    code = str(getattr(inner, "sqlstate", None) or getattr(inner, "pgcode", None) or "")
+    if not code:  # asyncpg's wrapped exception keeps the original as __cause__
+        cause = getattr(inner, "__cause__", None)
+        code = str(getattr(cause, "sqlstate", None) or "")
+    return code in _TRANSIENT_SQLSTATES or code.startswith(_TRANSIENT_CLASSES)
 
 
 def first_line(exc: BaseException) -> str:

@@ -193,7 +193,7 @@ async def change_state(db: Database, tariff: Tariff, campaign: str, action: Acti
     """start | pause | resume | stop, with the balance gate for start and resume."""
 
     def change(conn: Connection) -> Status:
-        row = store.campaign_by_name(conn, campaign)
+        row = store.campaign_by_name(conn, campaign, lock=True)
         trunk = store.trunk_by_id(conn, row.trunk_id)
         decision = gate(conn, account_id(conn, row.account), TrunkKind(trunk.kind), tariff)
         new = transition(
@@ -212,7 +212,7 @@ async def pause_for_balance(db: Database, account: str) -> list[str]:
 
     def pause(conn: Connection) -> list[str]:
         paused = []
-        for row in store.campaigns_of_account(conn, account):
+        for row in store.campaigns_of_account(conn, account, lock=True):
             status = status_of(row)
             if status.state in (CampaignState.RUNNING, CampaignState.PAUSED):
                 new = transition(status, Action.PAUSE_BALANCE)

@@ -123,7 +123,7 @@ class OpsServer:
         lines = GaugeMetricFamily("dialer_lines_up", "Line processes alive")
         lines.add_metric([], alive)
         families.append(lines)
-        lag = sorted(w.billing_lag[-1000:])
+        lag = sorted(list(w.billing_lag)[-1000:])
         summary = GaugeMetricFamily("dialer_billing_lag_seconds",
                                     "Answer -> first debit committed, last 1,000 calls",
                                     labels=["quantile"])  # fmt: skip

@@ -21,6 +21,7 @@ from dialer.campaign_state import Status
 from dialer.errors import DialerError
 from dialer.models import CallRecord, Campaign, Contact, DncEntry, Trunk
 from dialer.pacing import shared_tokens
+from dialer.retry import Disposition, RetryPolicy
 
 TRUNK = Trunk.__table__  # type: ignore[attr-defined]
 CAMPAIGN = Campaign.__table__  # type: ignore[attr-defined]
@@ -46,8 +47,13 @@ def trunk_by_id(conn: Connection, trunk_id: int) -> Any:
     return conn.execute(select(TRUNK).where(TRUNK.c.id == trunk_id)).one()
 
 
-def campaign_by_name(conn: Connection, name: str) -> Any:
-    row = conn.execute(select(CAMPAIGN).where(CAMPAIGN.c.name == name)).first()
+def campaign_by_name(conn: Connection, name: str, *, lock: bool = False) -> Any:
+    """The campaign row; ``lock``: for a read-then-write of its state (PostgreSQL: FOR
+    UPDATE, so two changes never overwrite each other)."""
+    stmt = select(CAMPAIGN).where(CAMPAIGN.c.name == name)
+    if lock and conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = conn.execute(stmt).first()
     if row is None:
         raise UnknownName(f"unknown campaign {name!r}")
     return row
@@ -107,8 +113,12 @@ def campaign_states(conn: Connection) -> Sequence[Any]:
     ).all()
 
 
-def campaigns_of_account(conn: Connection, account: str) -> Sequence[Any]:
-    return conn.execute(select(CAMPAIGN).where(CAMPAIGN.c.account == account)).all()
+def campaigns_of_account(conn: Connection, account: str, *, lock: bool = False) -> Sequence[Any]:
+    """``lock``: rows locked in id order (one order for every transaction: no deadlock)."""
+    stmt = select(CAMPAIGN).where(CAMPAIGN.c.account == account).order_by(CAMPAIGN.c.id)
+    if lock and conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return conn.execute(stmt).all()
 
 
 # -- contacts -----------------------------------------------------------------------------
@@ -161,10 +171,12 @@ def claim_contacts(
     Contacts outside their calling window get ``next_attempt_at`` moved to the window's
     next opening; DNC numbers are finished as rejected without a call.
     """
+    # the trunk and campaign rows first (claims on one trunk take turns), then the gate:
+    # read as late as possible, so a debit another worker just committed is seen
+    budget = SharedBudget.read(conn, campaign.id, now)
     decision = gate(conn, account_id(conn, campaign.account), trunk_kind, tariff)
     if not decision.allowed:
         return ClaimResult([], False, decision.reason())
-    budget = SharedBudget.read(conn, campaign.id, now)
     limit = min(limit, budget.calls)
     if limit <= 0:
         return ClaimResult([], True)
@@ -311,8 +323,14 @@ def since(at: datetime | None, now: datetime) -> float:
 
 
 def release_contact(
-    conn: Connection, contact_id: int, disposition: str, next_attempt: datetime | None
-) -> None:
+    conn: Connection,
+    contact_id: int,
+    disposition: str,
+    next_attempt: datetime | None,
+    worker: str,
+) -> bool:
+    """Finish or re-queue a contact this worker holds. False: the lease was no longer
+    ours (recovery settled it while we were cut off): it is left as it is."""
     values: dict[str, Any] = {
         "last_disposition": disposition,
         "lease_owner": None,
@@ -322,16 +340,28 @@ def release_contact(
         values["state"] = DONE
     else:
         values |= {"state": PENDING, "next_attempt_at": next_attempt}
-    conn.execute(update(CONTACT).where(CONTACT.c.id == contact_id).values(values))
+    done = conn.execute(update(CONTACT).where(held_by(contact_id, worker)).values(values))
+    return bool(done.rowcount)
 
 
-def unclaim(conn: Connection, contact_id: int) -> None:
+def held_by(contact_id: int, worker: str) -> Any:
+    return and_(
+        CONTACT.c.id == contact_id, CONTACT.c.state == IN_PROGRESS, CONTACT.c.lease_owner == worker
+    )
+
+
+def unclaim(conn: Connection, contact_id: int, worker: str) -> None:
     """Give a claimed contact back untouched (no call was placed): the attempt is undone."""
     conn.execute(
         update(CONTACT)
-        .where(CONTACT.c.id == contact_id, CONTACT.c.state == IN_PROGRESS)
+        .where(held_by(contact_id, worker))
         .values(state=PENDING, attempts=CONTACT.c.attempts - 1, lease_owner=None, lease_until=None)
     )
+
+
+def forget_call(conn: Connection, call_id: str) -> None:
+    """The CDR written before an INVITE the line then refused: no call was placed."""
+    conn.execute(CALL.delete().where(CALL.c.call_id == call_id, CALL.c.answered_at.is_(None)))
 
 
 def reconcile_abandoned(conn: Connection, now: datetime, worker: str) -> list[dict[str, Any]]:
@@ -353,9 +383,13 @@ def reconcile_abandoned(conn: Connection, now: datetime, worker: str) -> list[di
                 CALL.c.contact_id == contact_id, CALL.c.ended_at.is_(None)
             )
         ).all()
-        answered = any(c.answered_at is not None for c in calls)
+        debits = {c.call_id: call_debits(conn, c.call_id) for c in calls}
+        # a call with debits was answered even if its CDR never said so (the debit at the
+        # answer commits before the CDR's answered_at is written)
+        answered = any(c.answered_at is not None or any(debits[c.call_id].values())
+                       for c in calls)  # fmt: skip
         for call in calls:
-            billed = call_debits(conn, call.call_id)
+            billed = debits[call.call_id]
             conn.execute(
                 update(CALL).where(CALL.c.call_id == call.call_id).values(
                     ended_at=now, disposition="interrupted", hangup_by="recovery",
@@ -369,18 +403,32 @@ def reconcile_abandoned(conn: Connection, now: datetime, worker: str) -> list[di
         values: dict[str, Any] = {"lease_owner": None, "lease_until": None}
         if answered:
             values |= {"state": DONE, "last_disposition": "interrupted"}
-        elif calls:
-            values |= {"state": PENDING, "next_attempt_at": now,
-                       "last_disposition": "interrupted"}  # fmt: skip
+        elif calls:  # dialled, never answered: retried as the campaign's policy says
+            contact = conn.execute(
+                select(CONTACT.c.attempts, CAMPAIGN.c.retry)
+                .join(CAMPAIGN, CAMPAIGN.c.id == CONTACT.c.campaign_id)
+                .where(CONTACT.c.id == contact_id)
+            ).one()
+            retry_at = RetryPolicy.from_json(contact.retry).next_attempt(
+                Disposition.INTERRUPTED, contact.attempts, now
+            )
+            values |= {"last_disposition": "interrupted", "state": DONE}
+            if retry_at is not None:
+                values |= {"state": PENDING, "next_attempt_at": retry_at}
         else:  # claimed, never dialled
             values |= {"state": PENDING, "attempts": CONTACT.c.attempts - 1}
         conn.execute(update(CONTACT).where(CONTACT.c.id == contact_id).values(values))
     return settled
 
 
-def extend_leases(conn: Connection, contact_ids: list[int], until: datetime) -> None:
+def extend_leases(conn: Connection, contact_ids: list[int], until: datetime, worker: str) -> None:
     if contact_ids:
-        conn.execute(update(CONTACT).where(CONTACT.c.id.in_(contact_ids)).values(lease_until=until))
+        conn.execute(
+            update(CONTACT)
+            .where(CONTACT.c.id.in_(contact_ids), CONTACT.c.lease_owner == worker,
+                   CONTACT.c.state == IN_PROGRESS)
+            .values(lease_until=until)
+        )  # fmt: skip
 
 
 def contact_counts(conn: Connection, campaign_id: int) -> dict[str, int]:

@@ -23,6 +23,7 @@ import time
 import uuid
 import wave
 from collections import Counter as Tally
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -59,6 +60,10 @@ RECOVER_SECONDS = 60.0  # look for dead workers' calls; renew our own leases
 SCRIPT_RETRY_SECONDS = 60.0
 LOOP_SECONDS = 0.05
 LEASE_SECONDS = 900
+PAUSE_AGAIN_SECONDS = 2.0
+TICK_GRACE = 0.25  # s after an increment boundary before it is taken (see _run_session)
+METERED = frozenset({"answered", "agent_answered", "agent_ended", "hangup", "failed",
+                     "interrupted"})  # fmt: skip
 OUTAGE_FIRST_RETRY = 0.25  # database unavailable: retry writes, back off to ...
 OUTAGE_MAX_RETRY = 5.0
 
@@ -169,17 +174,21 @@ class Worker:
         self.trunks = trunks or {}
         self.ring_timeout = ring_timeout
         self.sessions: dict[str, Session] = {}
-        self.billing_lag: list[float] = []  # answered event -> first debit committed (s)
+        # answered event -> first debit committed (s); bounded: a worker runs for months
+        self.billing_lag: deque[float] = deque(maxlen=100_000)
         self.placed = 0  # INVITEs sent (metrics)
         self.recovered = 0  # calls of dead workers settled
         self.db_retries = 0  # writes retried while the database was unavailable
+        self.last_round = time.monotonic()  # the dialling loop's last good round (health)
+        self._undialled: set[int] = set()  # claimed contacts not dialled (yet)
+        self._abandoning = False  # stopping: writes waiting for the database give up
+        self._paused_at: dict[str, float] = {}  # account: when its campaigns were paused
         self._recovered = 0.0
         self.dispositions: Tally[str] = Tally()  # calls ended, by disposition (metrics)
-        self.exhausted_with_calls_up: list[int] = []
-        self.exhausted_at: list[float] = []
+        self.exhausted_with_calls_up: deque[int] = deque(maxlen=1000)
+        self.exhausted_at: deque[float] = deque(maxlen=1000)
         self._exhaustions: dict[str, int] = {}  # per account: EXHAUSTED signals seen
         self.campaigns: dict[int, CampaignView] = {}
-        self.trunk_buckets: dict[str, TokenBucket] = {}
         self._stopping = False
         self._states: dict[str, tuple[str, str, str | None]] = {}  # name: account, state, why
         self._status_at = 0.0
@@ -193,17 +202,27 @@ class Worker:
     async def run(self, stop: asyncio.Event, drain_seconds: float = 30.0) -> None:
         """Dial until ``stop`` is set; then let calls finish up to ``drain_seconds``."""
         router = asyncio.create_task(self._route_events(), name="worker-events")
+        leases = asyncio.create_task(self._keep_leases(), name="worker-leases")
         try:
-            await self._recover(own_previous=True)
+            recovered_at_start = False
             pause = LOOP_SECONDS
             while not stop.is_set():
                 try:
+                    if not recovered_at_start:
+                        await self._recover(own_previous=True)
+                        recovered_at_start = True
                     await self._dial_round()
                     pause = LOOP_SECONDS
+                    self.last_round = time.monotonic()
                 except DatabaseUnavailable as exc:
                     # no claim, no call: calls up go on, their writes wait (_durably)
                     if pause == LOOP_SECONDS:
                         log.error("database unavailable: not dialling", error=str(exc))
+                    pause = min(max(pause * 2, OUTAGE_FIRST_RETRY), OUTAGE_MAX_RETRY)
+                except Exception:
+                    # never a silent worker: whatever went wrong, log it and try again
+                    # (calls up keep their sessions; /health reports the stale loop)
+                    log.exception("dialling round failed: retrying")
                     pause = min(max(pause * 2, OUTAGE_FIRST_RETRY), OUTAGE_MAX_RETRY)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), pause)
@@ -211,14 +230,16 @@ class Worker:
             log.info("stopping: no new calls", calls_up=len(self.sessions))
             await self._drain(drain_seconds)
             if self.events is not None:  # states reached while draining (completed...)
-                await self._complete_finished()
-                await self._publish_states()
+                with contextlib.suppress(Exception):
+                    await self._complete_finished()
+                    await self._publish_states()
         finally:
             for task in list(self._preparing.values()):
                 task.cancel()
-            router.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await router
+            for task in (router, leases):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _drain(self, seconds: float) -> None:
         await self._sessions_gone(seconds)
@@ -226,6 +247,14 @@ class Worker:
             with contextlib.suppress(PoolError):
                 await self.pool.hangup(call_id, "worker stopping")
         await self._sessions_gone(10)
+        if self.sessions:  # their writes wait for a database that is away: stop waiting;
+            self._abandoning = True  # the next start (same id) settles them from the ledger
+            log.error("stopping with calls unsettled (database unavailable)",
+                      calls=sorted(self.sessions))  # fmt: skip
+            await self._sessions_gone(2 * OUTAGE_MAX_RETRY)
+        if self._undialled:
+            with contextlib.suppress(Exception):
+                await self._give_back()
 
     async def _sessions_gone(self, within: float) -> None:
         tasks = [s.task for s in self.sessions.values() if s.task is not None]
@@ -336,17 +365,33 @@ class Worker:
         worker = self.worker_id if own_previous else ""
 
         def work(conn: Connection) -> list[dict[str, Any]]:
-            store.extend_leases(
-                conn, [s.contact.contact_id for s in self.sessions.values()],
-                now + timedelta(seconds=LEASE_SECONDS),
-            )  # fmt: skip
             return store.reconcile_abandoned(conn, now, worker)
 
         for call in await self.db.run(work):
             self.recovered += 1
             log.warning("call left by a dead worker settled as interrupted", **call)
 
+    async def _keep_leases(self) -> None:
+        """Renew the leases of this worker's contacts (calls up, claims being dialled)
+        every RECOVER_SECONDS, on its own: a stuck dialling round must not let them run
+        out (another worker would then settle a live call and dial the contact again)."""
+        while True:
+            await asyncio.sleep(RECOVER_SECONDS)
+            held = [s.contact.contact_id for s in list(self.sessions.values())]
+            held += list(self._undialled)
+            until = utcnow() + timedelta(seconds=LEASE_SECONDS)
+            try:
+                await self.db.run(
+                    functools.partial(
+                        store.extend_leases, contact_ids=held, until=until, worker=self.worker_id
+                    )
+                )
+            except Exception as exc:  # the next turn tries again; leases last 15 min
+                log.error("could not renew leases", error=first_line(exc), contacts=len(held))
+
     async def _dial_round(self) -> None:
+        if self._undialled:
+            await self._give_back()
         if time.monotonic() - self._recovered >= RECOVER_SECONDS:
             await self._recover()
         if time.monotonic() - self._refreshed >= REFRESH_SECONDS:
@@ -367,21 +412,13 @@ class Worker:
 
     async def _dial_campaign(self, view: CampaignView) -> None:
         row = view.row
-        trunk = self.trunks.get(view.trunk_name)
-        channels = trunk.channels if trunk is not None else row.max_concurrent
-        trunk_bucket = self.trunk_buckets.setdefault(
-            view.trunk_name, TokenBucket(trunk.cps if trunk is not None else 10.0)
-        )
-        room = min(
-            row.max_concurrent - self._active(campaign_id=row.id),
-            channels - self._active(trunk=view.trunk_name),
-            self.pool.free_slots,
-        )
+        # a local first look (saves claims that cannot succeed); the claim itself applies
+        # the trunk's and campaign's limits all workers share, as the database has them
+        room = min(row.max_concurrent - self._active(campaign_id=row.id), self.pool.free_slots)
         now_mono = time.monotonic()
         want = 0
-        while want < room and view.bucket.available(now_mono) and trunk_bucket.available(now_mono):
+        while want < room and view.bucket.available(now_mono):
             view.bucket.take(now_mono)
-            trunk_bucket.take(now_mono)
             want += 1
         if want <= 0:
             return
@@ -406,20 +443,30 @@ class Worker:
             log.warning("balance gate closed", account=row.account, reason=result.gate_reason)
             await self._pause_account(row.account)
             return
-        for n, contact in enumerate(result.contacts):
-            # A debit of a call up may exhaust the balance while this batch is dialled:
-            # then not one more INVITE (the claim's gate was read before it).
-            exhausted = self._exhaustions.get(row.account, 0) != seen
-            if exhausted or not await self._dial(view, contact):
-                # give back the ones not dialled (a refused dial gave its own back)
-                rest = [c.contact_id for c in result.contacts[n if exhausted else n + 1 :]]
+        # claimed and not dialled yet: given back if this round stops short (balance
+        # exhausted meanwhile, a refused dial, the database gone), now or next round
+        self._undialled.update(c.contact_id for c in result.contacts)
+        try:
+            for contact in result.contacts:
+                # A debit of a call up may exhaust the balance while this batch is dialled:
+                # then not one more INVITE (the claim's gate was read before it).
+                if self._exhaustions.get(row.account, 0) != seen:
+                    break
+                if not await self._dial(view, contact):
+                    break
+        finally:
+            if self._undialled:
+                await self._give_back()
 
-                def give_back(conn: Connection, rest: list[int] = rest) -> None:
-                    for contact_id in rest:
-                        store.unclaim(conn, contact_id)
+    async def _give_back(self) -> None:
+        ids = sorted(self._undialled)
 
-                await self._durably("give back claims", lambda: self.db.run(give_back))
-                return
+        def give_back(conn: Connection) -> None:
+            for contact_id in ids:
+                store.unclaim(conn, contact_id, self.worker_id)
+
+        await self.db.run(give_back)
+        self._undialled.difference_update(ids)
 
     async def _dial(self, view: CampaignView, contact: store.Claimed) -> bool:
         row = view.row
@@ -439,6 +486,11 @@ class Worker:
             "attempt": contact.attempt, "direction": "outbound",
             "trunk_kind": view.trunk_kind.value, "invite_at": wall(session.invite_at),
         }  # fmt: skip
+        # the CDR exists before the INVITE leaves: a crash after it can never make the
+        # call look "claimed, never dialled" (that would give the attempt back and dial
+        # a contact who may have answered)
+        cdr = dict(session.cdr)
+        await self.db.run(lambda c: store.write_call(c, cdr))
         self.sessions[call_id] = session
         try:
             session.line = await self.pool.dial(
@@ -454,17 +506,12 @@ class Worker:
             # no INVITE left: the attempt does not count
             del self.sessions[call_id]
             log.warning("dial refused", call_id=call_id, error=str(exc))
-            await self._durably(
-                "unclaim", lambda: self.db.run(lambda c: store.unclaim(c, contact.contact_id))
-            )
-            return False
+            await self.db.run(lambda c: store.forget_call(c, call_id))
+            return False  # the contact is given back with the rest of the batch
+        self._undialled.discard(contact.contact_id)
         session.cdr["line"] = session.line
         self.placed += 1
         self._emit("call.dialing", session, phone=contact.phone, attempt=contact.attempt)
-        cdr = dict(session.cdr)
-        await self._durably(
-            "call record", lambda: self.db.run(lambda c: store.write_call(c, cdr)), session
-        )
         session.task = asyncio.create_task(self._run_session(session), name=call_id)
         return True
 
@@ -497,7 +544,13 @@ class Worker:
                 "billing.exhausted", account=signal.account, counter=signal.counter.value,
                 balance_seconds=signal.balance_seconds,
             )  # fmt: skip
-            await self._pause_account(signal.account)
+            # while the balance stays negative every debit signals again: one pause
+            # write per account every few seconds is enough (the claim's gate, not this
+            # pause, is what stops new calls)
+            if time.monotonic() - self._paused_at.get(signal.account, -PAUSE_AGAIN_SECONDS) >= (
+                PAUSE_AGAIN_SECONDS
+            ):
+                await self._pause_account(signal.account)
         else:
             self._paused_accounts.discard(signal.account)
 
@@ -533,6 +586,8 @@ class Worker:
             try:
                 return await attempt()
             except DatabaseUnavailable as exc:
+                if self._abandoning:
+                    raise
                 if delay == OUTAGE_FIRST_RETRY:
                     log.error("database unavailable: write kept, retrying", what=what,
                               call_id=session.call_id if session else None,
@@ -542,12 +597,21 @@ class Worker:
                 delay = min(delay * 2, OUTAGE_MAX_RETRY)
 
     async def _pause_account(self, account: str) -> None:
+        self._paused_at[account] = time.monotonic()
         paused = await self._durably("pause campaigns", lambda: pause_for_balance(self.db, account))
         if paused:
             log.warning("balance exhausted: campaigns paused", account=account, campaigns=paused)
         self.campaigns = {k: v for k, v in self.campaigns.items() if v.row.account != account}
 
-    async def _debit(self, session: Session, debits: list[Debit]) -> None:
+    @staticmethod
+    def _meter_time(session: Session, at: float) -> float:
+        """An event time the meter can take: never before its latest event (a hangup
+        that reaches us after an increment was taken counts from that moment, so the
+        CDR always bills what the ledger holds; TICK_GRACE makes this rare)."""
+        last = session.meter.last_event_at
+        return at if last is None else max(at, last)
+
+    async def _debit(self, session: Session, debits: list[Debit], at: float) -> None:
         for debit in debits:
             result = await self._durably(
                 "debit",
@@ -560,6 +624,7 @@ class Worker:
                     increment=debit.increment,
                     campaign=session.campaign.name,
                     contact=session.contact.phone,
+                    at=wall(at),  # when it fell due, even if written after an outage
                 ),
                 session,
             )
@@ -606,16 +671,26 @@ class Worker:
         hangup_at: float | None = None
         try:
             while True:
+                due = session.meter.next_due_at()
+                # an increment is taken TICK_GRACE after its boundary, so a hangup the
+                # line stamped just before the boundary (still in the pipe) comes first
                 deadlines = [
-                    d for d in (session.meter.next_due_at(), transfer_at, hangup_at, run.deadline)
+                    d for d in (due and due + TICK_GRACE, transfer_at, hangup_at, run.deadline)
                     if d
                 ]  # fmt: skip
                 timeout = max(0.0, min(deadlines) - time.time()) if deadlines else None
                 try:
-                    event = await asyncio.wait_for(session.events.get(), timeout)
-                except TimeoutError:
-                    now = time.time()
-                    await self._debit(session, session.meter.tick(now))
+                    # events already queued first (after a stall, a zero timeout would
+                    # fire before them)
+                    event = session.events.get_nowait()
+                except asyncio.QueueEmpty:
+                    try:
+                        event = await asyncio.wait_for(session.events.get(), timeout)
+                    except TimeoutError:
+                        event = None
+                if event is None:
+                    now = self._meter_time(session, time.time())
+                    await self._debit(session, session.meter.tick(now), now)
                     await self._act(session, run.timer(now), log_)
                     if transfer_at is not None and now >= transfer_at:
                         transfer_at = None
@@ -628,6 +703,8 @@ class Worker:
                     continue
                 name = event["event"]
                 at = float(event.get("at") or time.time())
+                if name in METERED:
+                    at = self._meter_time(session, at)
                 if name == "speech":
                     await self._act(session, run.speech(event, at), log_)
                 elif name == "ringing":
@@ -637,7 +714,7 @@ class Worker:
                     session.answered_at = at
                     session.cdr["answered_at"] = wall(at)
                     self._emit("call.answered", session)
-                    await self._debit(session, session.meter.answered(at))
+                    await self._debit(session, session.meter.answered(at), at)
                     self.billing_lag.append(time.time() - at)
                     await self._save_cdr(dict(session.cdr))  # live status: calls up count
                     log_.info("answered")
@@ -653,12 +730,12 @@ class Worker:
                     run.agent_answered(str(event.get("mode")))
                     self._emit("call.transfer", session, segment="agent", mode=event.get("mode"))
                     if event.get("mode") == "bridge":
-                        await self._debit(session, session.meter.agent_started(at))
+                        await self._debit(session, session.meter.agent_started(at), at)
                 elif name == "agent_failed":
                     log_.info("transfer failed", status=event.get("status"))
                     await self._act(session, run.agent_failed(at), log_)
                 elif name == "agent_ended":
-                    await self._debit(session, session.meter.agent_ended(at))
+                    await self._debit(session, session.meter.agent_ended(at), at)
                     self._emit("call.transfer", session, segment="bot", mode="bridge")
                     await self._act(session, run.agent_ended(at), log_)
                 elif name == "error":
@@ -672,7 +749,11 @@ class Worker:
                     log_.info("call ended", disposition=session.cdr["disposition"])
                     return
         except Exception:
-            log_.exception("call session failed")
+            # never leave a call up that nobody bills: hang it up; the CDR stays open
+            # and recovery settles it from the ledger
+            log_.exception("call session failed: hanging up")
+            with contextlib.suppress(Exception):
+                await self.pool.hangup(session.call_id, "session failed")
             raise
         finally:
             self.sessions.pop(session.call_id, None)
@@ -717,7 +798,7 @@ class Worker:
         name = event["event"]
         answered = session.meter.answered_at_ms is not None
         if answered:
-            await self._debit(session, session.meter.hangup(at))
+            await self._debit(session, session.meter.hangup(at), at)
         else:
             session.meter.hangup(max(at, session.invite_at))
         if name == "interrupted":
@@ -747,11 +828,17 @@ class Worker:
         if answered and disposition is Disposition.INTERRUPTED:
             retry_at = None  # someone was reached (a line died under the call): never again
 
-        def settle(conn: Connection) -> None:
+        def settle(conn: Connection) -> bool:
+            # the contact's row first, then the CDR: the order recovery locks them in
+            held = store.release_contact(conn, session.contact.contact_id, disposition.value,
+                                         retry_at, self.worker_id)  # fmt: skip
             store.write_call(conn, session.cdr)
-            store.release_contact(conn, session.contact.contact_id, disposition.value, retry_at)
+            return held
 
-        await self._durably("call settlement", lambda: self.db.run(settle), session)
+        if not await self._durably("call settlement", lambda: self.db.run(settle), session):
+            log.error("lease lost before the call was settled (recovered elsewhere as "
+                      "interrupted); the CDR now has the final billing",
+                      call_id=session.call_id, contact=session.contact.contact_id)  # fmt: skip
         self.dispositions[disposition.value] += 1
         self._emit(
             "call.ended", session, disposition=disposition.value,

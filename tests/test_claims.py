@@ -108,15 +108,18 @@ async def test_closed_windows_and_dnc(db_url: str, tmp_path: Path) -> None:
 
 
 async def test_calls_left_by_a_dead_worker_are_settled_once(db_url: str, tmp_path: Path) -> None:
-    """Worker w1 dies with two calls up: one answered (two increments debited per
-    counter, in advance), one still ringing. Recovery closes both CDRs as interrupted,
-    bills exactly what was debited, never debits again, finishes the answered contact
-    and gives the other back for another attempt."""
-    database, ledger = await prepared(db_url, tmp_path, phones=2)
+    """Worker w1 dies with three calls up: one answered (two increments debited per
+    counter, in advance), one still ringing, one that died between the debit at the
+    answer and writing answered_at into its CDR. Recovery closes the CDRs as
+    interrupted, bills exactly what was debited, never debits again, finishes the
+    answered contacts (the debit proves the answer) and gives the ringing one back for
+    another attempt after the campaign's retry delay."""
+    database, ledger = await prepared(db_url, tmp_path, phones=3)
     try:
-        [answered, ringing] = (await database.run(claimer(ledger, "w1", 2))).contacts
+        [answered, ringing, half] = (await database.run(claimer(ledger, "w1", 3))).contacts
         campaign = await database.run(lambda c: store.campaign_by_name(c, "spring"), write=False)
-        for contact, call_id, up in ((answered, "c-ans", True), (ringing, "c-ring", False)):
+        for contact, call_id, up in ((answered, "c-ans", True), (ringing, "c-ring", False),
+                                     (half, "c-half", False)):  # fmt: skip
             cdr = {"call_id": call_id, "campaign_id": campaign.id, "account": "acme",
                    "contact_id": contact.contact_id, "phone": contact.phone, "attempt": 1,
                    "direction": "outbound", "trunk_kind": "platform", "invite_at": NOW,
@@ -125,6 +128,7 @@ async def test_calls_left_by_a_dead_worker_are_settled_once(db_url: str, tmp_pat
         for counter in Counter:
             for increment in (1, 2):
                 await ledger.debit("acme", counter, 15, call_id="c-ans", increment=increment)
+            await ledger.debit("acme", counter, 15, call_id="c-half", increment=1)
         before = await ledger.balances("acme")
         alive = await database.run(lambda c: store.reconcile_abandoned(c, NOW, "w2"))
         assert alive == []  # w1's leases have not run out: its calls are left alone
@@ -133,19 +137,22 @@ async def test_calls_left_by_a_dead_worker_are_settled_once(db_url: str, tmp_pat
         assert {s["call_id"]: s["billed"] for s in settled} == {
             "c-ans": {"telephony": 30, "speech": 30},
             "c-ring": {"telephony": 0, "speech": 0},
+            "c-half": {"telephony": 15, "speech": 15},
         }
         again = await database.run(lambda c: store.reconcile_abandoned(c, later, "w2"))
         assert again == []  # once
         assert await ledger.balances("acme") == before  # nothing charged twice
         calls = {c.call_id: c for c in await database.run(
             lambda c: store.calls_of(c, campaign.id), write=False)}  # fmt: skip
-        for call_id, billed in (("c-ans", 30), ("c-ring", 0)):
+        for call_id, billed in (("c-ans", 30), ("c-ring", 0), ("c-half", 15)):
             call = calls[call_id]
             assert call.disposition == "interrupted" and call.hangup_by == "recovery"
             assert call.billed_telephony_seconds == call.billed_speech_seconds == billed
             assert call.ended_at == later
-        claim = await database.run(claimer(ledger, "w2", 5, later))
-        # the answered contact is never dialled again; the ringing one is, as attempt 2
+        assert not (await database.run(claimer(ledger, "w2", 5, later))).contacts
+        retry = later + timedelta(seconds=300)  # the campaign's retry delay
+        claim = await database.run(claimer(ledger, "w2", 5, retry))
+        # the answered contacts are never dialled again; the ringing one is, as attempt 2
         assert [(c.contact_id, c.attempt) for c in claim.contacts] == [(ringing.contact_id, 2)]
     finally:
         await database.dispose()
@@ -177,8 +184,14 @@ async def test_trunk_channels_hold_across_workers(db_url: str, tmp_path: Path) -
         assert sum(len(r.contacts) for r in results) == 3 == await in_progress(database)
         assert not (await others[0].run(claimer(ledger, "w9", 5, name="autumn"))).contacts
         # a call ends: its channel is free for any worker, on any campaign of the trunk
-        done = next(r.contacts[0] for r in results if r.contacts)
-        await database.run(lambda c: store.release_contact(c, done.contact_id, "answered", None))
+        owner, done = next((f"w{n}", r.contacts[0]) for n, r in enumerate(results) if r.contacts)
+        # only the lease's owner may release it
+        assert not await database.run(
+            lambda c: store.release_contact(c, done.contact_id, "answered", None, "w9")
+        )
+        assert await database.run(
+            lambda c: store.release_contact(c, done.contact_id, "answered", None, owner)
+        )
         again = await others[1].run(claimer(ledger, "w8", 5, name="autumn"))
         assert len(again.contacts) == 1 and await in_progress(database) == 3
     finally:
@@ -251,5 +264,28 @@ async def test_a_paused_campaign_is_not_claimed_from(db_url: str, tmp_path: Path
         await change_state(database, ledger.tariff, "spring", Action.PAUSE)
         result = await database.run(claimer(ledger, "w1", 3))
         assert result.gate_open and not result.contacts
+    finally:
+        await database.dispose()
+
+
+async def test_a_host_behind_cannot_refill_the_shared_bucket(db_url: str, tmp_path: Path) -> None:
+    """2 cps trunk. t=10: 2 calls (burst). t=11: 1 (2 tokens saved, 1 left). A host 0.4 s
+    behind claims at t=10.6 and takes the last token; the bucket's time stays at 11, so
+    at t=11.2 only 0.4 tokens have come: nothing (from 10.6 it would grant one more)."""
+    database, ledger = await prepared(db_url, tmp_path, phones=20, trunk_cps=2)
+    try:
+
+        def at(seconds: float) -> datetime:
+            return NOW + timedelta(seconds=seconds)
+
+        async def claim(seconds: float, limit: int) -> int:
+            result = await database.run(claimer(ledger, "w1", limit, at(seconds)))
+            return len(result.contacts)
+
+        assert await claim(10, 5) == 2
+        assert await claim(11, 1) == 1
+        assert await claim(10.6, 5) == 1
+        assert await claim(11.2, 5) == 0
+        assert await claim(11.5, 5) == 1
     finally:
         await database.dispose()
