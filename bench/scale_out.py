@@ -182,10 +182,15 @@ async def campaign_run(
                               folder / f"worker{n}.log") for n in range(workers)]  # fmt: skip
         await asyncio.sleep(4)  # lines up
         await change_state(database, ledger.tariff, "bulk", Action.START)
+        deadline = time.monotonic() + 60 + contacts  # a generous 1 call/s at worst
         while True:
             campaign = await database.run(lambda c: store.campaign_by_name(c, "bulk"), write=False)
             if campaign.state == "completed":
                 break
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                for proc in procs:
+                    proc.kill()
+                raise RuntimeError(f"campaign not completed ({campaign.state}); see {folder}")
             await asyncio.sleep(0.5)
         by_worker = {f"bench-{n}": placed_by(METRICS + n) for n in range(workers)}
         for proc in procs:

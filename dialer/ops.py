@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,9 @@ from sqlalchemy import Connection, text
 log = structlog.get_logger("dialer.ops")
 
 MAX_REQUEST_BYTES = 8192
+
+
+STALE_LOOP_SECONDS = 30.0  # no good dialling round for this long: degraded
 
 
 class _Snapshot(Collector):
@@ -158,9 +162,14 @@ class OpsServer:
         mqtt = "off"
         if w.bridge is not None:
             mqtt = "connected" if w.bridge.connected.is_set() else "disconnected"
-        healthy = alive == total and alive > 0 and database == "ok" and mqtt != "disconnected"
+        # the dialling loop completes a round every 50 ms when all is well
+        since_round = time.monotonic() - w.last_round
+        dialling = "ok" if since_round < STALE_LOOP_SECONDS else f"stalled {since_round:.0f} s"
+        healthy = (alive == total and alive > 0 and database == "ok" and mqtt != "disconnected"
+                   and dialling == "ok")  # fmt: skip
         return healthy, {
             "status": "ok" if healthy else "degraded", "worker": w.worker_id,
             "lines": {"up": alive, "total": total, "free_slots": w.pool.free_slots},
             "calls_up": len(w.sessions), "database": database, "mqtt": mqtt,
+            "dialling": dialling,
         }  # fmt: skip

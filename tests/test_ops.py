@@ -7,13 +7,14 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from siputil import rtp_base
 from test_worker_e2e import make_campaign, setup_account, simulator, wait_for_state
 
 from billing.ledger import Ledger
 from billing.storage import Database
-from dialer import runtime
+from dialer import ops, runtime
 from dialer.campaign_state import Action
 from dialer.campaigns import change_state
 from dialer.config import OpsConfig
@@ -66,6 +67,12 @@ async def test_metrics_and_health_of_a_running_worker(sqlite_url: str, tmp_path:
                 metrics = samples(body)
                 assert (await get(port, "/nope"))[0] == 404
                 assert (await get(port, "/metrics", "POST"))[0] == 405
+                assert health["dialling"] == "ok"
+                # a dialling loop that has not completed a round for too long: degraded
+                with pytest.MonkeyPatch.context() as patch:
+                    patch.setattr(ops, "STALE_LOOP_SECONDS", -1.0)
+                    status, body = await get(port, "/health")
+                assert status == 503 and json.loads(body)["dialling"].startswith("stalled")
     assert metrics[("dialer_calls_placed_total", ())] == 3
     assert metrics[("dialer_calls_ended_total", (("disposition", "answered"),))] == 2
     assert metrics[("dialer_calls_ended_total", (("disposition", "busy"),))] == 1
