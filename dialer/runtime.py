@@ -69,7 +69,6 @@ async def running_worker(
             ledger,
             pool,
             assets=assets,
-            trunks={r.name: r for r in rows},
             ring_timeout=ring_timeout,
             events=events,
             worker_id=worker_id,

@@ -155,7 +155,6 @@ class Worker:
         *,
         worker_id: str | None = None,
         assets: Path | None = None,
-        trunks: dict[str, Any] | None = None,
         ring_timeout: float = 30.0,
         events: Events | None = None,
     ) -> None:
@@ -171,7 +170,6 @@ class Worker:
         self._scripts: dict[tuple[int, str | None], tuple[Script, dict[str, str]]] = {}
         self._preparing: dict[tuple[int, str | None], asyncio.Task[None]] = {}
         self._retry_at: dict[tuple[int, str | None], float] = {}
-        self.trunks = trunks or {}
         self.ring_timeout = ring_timeout
         self.sessions: dict[str, Session] = {}
         # answered event -> first debit committed (s); bounded: a worker runs for months
@@ -441,7 +439,7 @@ class Worker:
         result = await self.db.run(claim)
         if not result.gate_open:
             log.warning("balance gate closed", account=row.account, reason=result.gate_reason)
-            await self._pause_account(row.account)
+            await self._pause_account(row.account, durable=False)
             return
         # claimed and not dialled yet: given back if this round stops short (balance
         # exhausted meanwhile, a refused dial, the database gone), now or next round
@@ -596,9 +594,17 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, OUTAGE_MAX_RETRY)
 
-    async def _pause_account(self, account: str) -> None:
+    async def _pause_account(self, account: str, *, durable: bool = True) -> None:
+        """Pause the account's campaigns. From the dialling loop not ``durable``: an
+        outage then ends the round (the next one finds the gate closed again) instead
+        of holding the loop, and a stop, until the database is back."""
         self._paused_at[account] = time.monotonic()
-        paused = await self._durably("pause campaigns", lambda: pause_for_balance(self.db, account))
+        if durable:
+            paused = await self._durably(
+                "pause campaigns", lambda: pause_for_balance(self.db, account)
+            )
+        else:
+            paused = await pause_for_balance(self.db, account)
         if paused:
             log.warning("balance exhausted: campaigns paused", account=account, campaigns=paused)
         self.campaigns = {k: v for k, v in self.campaigns.items() if v.row.account != account}
