@@ -37,14 +37,13 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 SECRET_QUERY_KEYS = frozenset({"password", "passwd", "sslpassword"})
 SQLITE_READERS = 4
 CONNECT_TIMEOUT_SECONDS = 10
-COMMAND_TIMEOUT_SECONDS = 60
 POOL_TIMEOUT_SECONDS = 30
 #: PostgreSQL errors after which the same transaction may simply be run again:
 #: serialization failure, deadlock, read-only (a failover in progress), statement
 #: cancelled or timed out, lock not available, and the connection/shutdown classes
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "25006", "57014", "55P03"})
 _TRANSIENT_CLASSES = ("08", "57P")
-_SQLITE_TRANSIENT = ("database is locked", "database is busy", "disk i/o error")
+_SQLITE_TRANSIENT = ("database is locked", "database is busy")
 
 _DRIVERS = {
     "sqlite": "sqlite+pysqlite",
@@ -87,7 +86,17 @@ def describe(url: str | URL) -> str:
 class Database:
     """One database, whichever backend; ``run`` executes a transaction function on it."""
 
-    def __init__(self, url: str, *, create: bool = False, pool_size: int = 5) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        create: bool = False,
+        pool_size: int = 5,
+        command_timeout: float | None = None,
+    ) -> None:
+        """``command_timeout`` (PostgreSQL): a statement not answered within it fails as
+        an outage (for the worker, whose writes are retried; not for migrations or
+        reports, which may legitimately run long)."""
         self.url = normalise_url(url)
         self.shown = describe(self.url)
         self.dialect = self.url.get_backend_name()
@@ -104,7 +113,7 @@ class Database:
                 # a server that stops answering (partition, power loss) must not hang a
                 # transaction forever: it fails and is retried like any outage
                 connect_args={"timeout": CONNECT_TIMEOUT_SECONDS,
-                              "command_timeout": COMMAND_TIMEOUT_SECONDS},
+                              "command_timeout": command_timeout},
             )  # fmt: skip
 
     def _open_sqlite(self, create: bool) -> None:
@@ -140,7 +149,7 @@ class Database:
             conn = self._async.connect()
             try:
                 await conn.start()
-            except (DBAPIError, OSError, ValueError, OverflowError) as exc:
+            except (DBAPIError, OSError, ValueError, OverflowError, PoolTimeout) as exc:
                 raise self._unavailable(exc) from None
             try:
                 if not write:
@@ -157,7 +166,7 @@ class Database:
                 if _transient(exc):
                     raise self._busy(exc) from None
                 raise
-            except (OSError, PoolTimeout) as exc:
+            except OSError as exc:
                 raise self._lost(exc) from None
             finally:
                 with contextlib.suppress(DBAPIError, OSError):

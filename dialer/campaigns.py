@@ -156,7 +156,7 @@ async def import_contacts(db: Database, campaign: str, path: Path) -> ImportRepo
     parsed = parse_contacts(path, zone)
 
     def add(conn: Connection) -> int:
-        row = store.campaign_by_name(conn, campaign)
+        row = store.campaign_by_name(conn, campaign, lock=True)  # not completed meanwhile
         if row.state in ("completed", "stopped"):
             raise DialerError(f"campaign {campaign!r} is {row.state}: no more contacts")
         return store.insert_contacts(

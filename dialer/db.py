@@ -60,9 +60,11 @@ async def check_schema(database: Database) -> None:
         )
 
 
-async def open_database(url: str, *, create: bool = False) -> Database:
+async def open_database(
+    url: str, *, create: bool = False, command_timeout: float | None = None
+) -> Database:
     """A database at the current schema (or, with ``create``, one that may be new)."""
-    database = Database(url, create=create)
+    database = Database(url, create=create, command_timeout=command_timeout)
     if not create:
         try:
             await check_schema(database)

@@ -19,6 +19,8 @@ from dialer.worker import Worker
 from sip.pool import LinePool, PoolConfig
 from sip.protocol import TrunkConfig
 
+WORKER_COMMAND_TIMEOUT = 60.0
+
 
 def trunk_configs(rows: list[Any]) -> tuple[TrunkConfig, ...]:
     return tuple(
@@ -108,7 +110,9 @@ async def run_worker(
     drain_seconds: float = 30.0,
 ) -> None:
     """`dialer worker`: until ``stop`` (SIGTERM) is set."""
-    database = await db.open_database(cfg.database.url)
+    # a server that stops answering fails the worker's transactions after a minute
+    # (they are retried) instead of hanging them forever
+    database = await db.open_database(cfg.database.url, command_timeout=WORKER_COMMAND_TIMEOUT)
     try:
         ledger = Ledger(database, cfg.billing.make_tariff())
         async with running_worker(

@@ -364,7 +364,9 @@ def forget_call(conn: Connection, call_id: str) -> None:
     conn.execute(CALL.delete().where(CALL.c.call_id == call_id, CALL.c.answered_at.is_(None)))
 
 
-def reconcile_abandoned(conn: Connection, now: datetime, worker: str) -> list[dict[str, Any]]:
+def reconcile_abandoned(
+    conn: Connection, now: datetime, worker: str, *, exclude: str | None = None
+) -> list[dict[str, Any]]:
     """Calls left in progress by a dead worker (lease run out, or claimed under this
     worker's own id by its previous run): each open CDR is closed as `interrupted`,
     billed what the ledger holds for it (debits are taken in advance and persisted:
@@ -374,6 +376,8 @@ def reconcile_abandoned(conn: Connection, now: datetime, worker: str) -> list[di
     stmt = select(CONTACT.c.id, CONTACT.c.lease_owner).where(
         CONTACT.c.state == IN_PROGRESS, abandoned
     )
+    if exclude is not None:  # a live worker's own contacts (see Worker._recover)
+        stmt = stmt.where(CONTACT.c.lease_owner != exclude)
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)  # two recovering workers: one each
     settled: list[dict[str, Any]] = []
@@ -398,7 +402,8 @@ def reconcile_abandoned(conn: Connection, now: datetime, worker: str) -> list[di
                 )
             )  # fmt: skip
             settled.append({"call_id": call.call_id, "contact_id": contact_id,
-                            "owner": owner, "answered": call.answered_at is not None,
+                            "owner": owner, "answered": call.answered_at is not None
+                            or any(billed.values()),
                             "billed": {c.value: s for c, s in billed.items()}})  # fmt: skip
         values: dict[str, Any] = {"lease_owner": None, "lease_until": None}
         if answered:

@@ -48,7 +48,7 @@ from dialer.script import GREETING, Say, Script, script_of
 from dialer.script_run import HangUp, LineAction, Play, ScriptRun, StartTransfer
 from dialer.tts import synthesise
 from dialer.windows import CallingWindow, parse_zone
-from sip.pool import LinePool, PoolError
+from sip.pool import DialOutcomeUnknown, LinePool, PoolError
 from sip.recognizer import private_temp_dir
 
 log = structlog.get_logger("dialer.worker")
@@ -178,9 +178,11 @@ class Worker:
         self.recovered = 0  # calls of dead workers settled
         self.db_retries = 0  # writes retried while the database was unavailable
         self.last_round = time.monotonic()  # the dialling loop's last good round (health)
-        self._undialled: set[int] = set()  # claimed contacts not dialled (yet)
+        # claimed contacts not dialled (yet), with the call id of a CDR written for them
+        self._undialled: dict[int, str | None] = {}
         self._abandoning = False  # stopping: writes waiting for the database give up
         self._paused_at: dict[str, float] = {}  # account: when its campaigns were paused
+        self._troubles: dict[str, str] = {}  # campaign: the problem last logged
         self._recovered = 0.0
         self.dispositions: Tally[str] = Tally()  # calls ended, by disposition (metrics)
         self.exhausted_with_calls_up: deque[int] = deque(maxlen=1000)
@@ -227,8 +229,8 @@ class Worker:
             self._stopping = True
             log.info("stopping: no new calls", calls_up=len(self.sessions))
             await self._drain(drain_seconds)
-            if self.events is not None:  # states reached while draining (completed...)
-                with contextlib.suppress(Exception):
+            if self.events is not None and not self._abandoning:  # states reached while
+                with contextlib.suppress(Exception):  # draining (completed...)
                     await self._complete_finished()
                     await self._publish_states()
         finally:
@@ -252,7 +254,7 @@ class Worker:
             await self._sessions_gone(2 * OUTAGE_MAX_RETRY)
         if self._undialled:
             with contextlib.suppress(Exception):
-                await self._give_back()
+                await asyncio.wait_for(self._give_back(), OUTAGE_MAX_RETRY)
 
     async def _sessions_gone(self, within: float) -> None:
         tasks = [s.task for s in self.sessions.values() if s.task is not None]
@@ -269,16 +271,19 @@ class Worker:
             compiled = await self._script(row)
             if compiled is None:
                 continue
-            fresh[row.id] = CampaignView(
-                row=row,
-                trunk_kind=TrunkKind(row.trunk_kind),
-                trunk_name=row.trunk_name,
-                window=CallingWindow.parse(row.window, row.days),
-                retry=RetryPolicy.from_json(row.retry),
-                bucket=old.bucket if old and old.row.cps == row.cps else TokenBucket(row.cps),
-                script=compiled[0],
-                audio=compiled[1],
-            )
+            try:
+                fresh[row.id] = CampaignView(
+                    row=row,
+                    trunk_kind=TrunkKind(row.trunk_kind),
+                    trunk_name=row.trunk_name,
+                    window=CallingWindow.parse(row.window, row.days),
+                    retry=RetryPolicy.from_json(row.retry),
+                    bucket=old.bucket if old and old.row.cps == row.cps else TokenBucket(row.cps),
+                    script=compiled[0],
+                    audio=compiled[1],
+                )
+            except Exception as exc:  # one unusable campaign must not stop the others
+                self._unusable(row.name, exc)
         self.campaigns = fresh
         self._refreshed = time.monotonic()
         if self.events is not None:
@@ -361,9 +366,12 @@ class Worker:
         self._recovered = time.monotonic()
         now = utcnow()
         worker = self.worker_id if own_previous else ""
+        # later, never this worker's own contacts: after a long outage their leases may
+        # have run out while the calls are still up here (_keep_leases renews them)
+        exclude = None if own_previous else self.worker_id
 
         def work(conn: Connection) -> list[dict[str, Any]]:
-            return store.reconcile_abandoned(conn, now, worker)
+            return store.reconcile_abandoned(conn, now, worker, exclude=exclude)
 
         for call in await self.db.run(work):
             self.recovered += 1
@@ -398,7 +406,19 @@ class Worker:
         for view in list(self.campaigns.values()):
             if self._stopping:
                 return
-            await self._dial_campaign(view)
+            try:
+                await self._dial_campaign(view)
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:  # one campaign's trouble must not stop the others
+                self._unusable(view.row.name, exc)
+
+    def _unusable(self, campaign: str, exc: Exception) -> None:
+        """Log a campaign that cannot be dialled now, once per kind of trouble."""
+        problem = f"{type(exc).__name__}: {first_line(exc)}"
+        if self._troubles.get(campaign) != problem:
+            self._troubles[campaign] = problem
+            log.error("campaign not dialled", campaign=campaign, problem=problem)
 
     def _active(self, *, campaign_id: int | None = None, trunk: str | None = None) -> int:
         return sum(
@@ -443,7 +463,7 @@ class Worker:
             return
         # claimed and not dialled yet: given back if this round stops short (balance
         # exhausted meanwhile, a refused dial, the database gone), now or next round
-        self._undialled.update(c.contact_id for c in result.contacts)
+        self._undialled.update(dict.fromkeys((c.contact_id for c in result.contacts), None))
         try:
             for contact in result.contacts:
                 # A debit of a call up may exhaust the balance while this batch is dialled:
@@ -457,14 +477,17 @@ class Worker:
                 await self._give_back()
 
     async def _give_back(self) -> None:
-        ids = sorted(self._undialled)
+        undialled = dict(self._undialled)
 
         def give_back(conn: Connection) -> None:
-            for contact_id in ids:
+            for contact_id, call_id in sorted(undialled.items()):
                 store.unclaim(conn, contact_id, self.worker_id)
+                if call_id is not None:  # its CDR was written, the INVITE never left
+                    store.forget_call(conn, call_id)
 
         await self.db.run(give_back)
-        self._undialled.difference_update(ids)
+        for contact_id in undialled:
+            self._undialled.pop(contact_id, None)
 
     async def _dial(self, view: CampaignView, contact: store.Claimed) -> bool:
         row = view.row
@@ -488,6 +511,7 @@ class Worker:
         # call look "claimed, never dialled" (that would give the attempt back and dial
         # a contact who may have answered)
         cdr = dict(session.cdr)
+        self._undialled[contact.contact_id] = call_id  # given back: its CDR is forgotten
         await self.db.run(lambda c: store.write_call(c, cdr))
         self.sessions[call_id] = session
         try:
@@ -500,17 +524,29 @@ class Worker:
                 headers={"X-Campaign": row.name},
                 listen=view.script.phrases(),
             )
-        except (PoolError, ValueError) as exc:  # ValueError: a command the pipe refuses
-            # no INVITE left: the attempt does not count
-            del self.sessions[call_id]
-            log.warning("dial refused", call_id=call_id, error=str(exc))
-            await self.db.run(lambda c: store.forget_call(c, call_id))
-            return False  # the contact is given back with the rest of the batch
-        self._undialled.discard(contact.contact_id)
+        except DialOutcomeUnknown as exc:
+            # the line froze and was killed; the INVITE may have left with it: the
+            # attempt counts, the call is settled as interrupted like any lost line's
+            log.error("dial outcome unknown: settled as interrupted", call_id=call_id,
+                      error=str(exc))  # fmt: skip
+            self._undialled.pop(contact.contact_id, None)
+            session.task = asyncio.create_task(self._run_session(session), name=call_id)
+            session.events.put_nowait({"event": "interrupted", "call_id": call_id,
+                                       "at": time.time()})  # fmt: skip
+            return True
+        except BaseException as exc:
+            self.sessions.pop(call_id, None)
+            if isinstance(exc, PoolError | ValueError):  # ValueError: refused by the pipe
+                # no INVITE left: the attempt does not count; the contact is given back
+                # (its CDR forgotten) with the rest of the batch
+                log.warning("dial refused", call_id=call_id, error=str(exc))
+                return False
+            raise
+        self._undialled.pop(contact.contact_id, None)
+        session.task = asyncio.create_task(self._run_session(session), name=call_id)
         session.cdr["line"] = session.line
         self.placed += 1
         self._emit("call.dialing", session, phone=contact.phone, attempt=contact.attempt)
-        session.task = asyncio.create_task(self._run_session(session), name=call_id)
         return True
 
     async def _complete_finished(self) -> None:
@@ -520,7 +556,7 @@ class Worker:
 
             def complete(conn: Connection, campaign_id: int = view.row.id,
                          name: str = view.row.name) -> bool:  # fmt: skip
-                row = store.campaign_by_name(conn, name)
+                row = store.campaign_by_name(conn, name, lock=True)
                 if row.state != CampaignState.RUNNING.value or store.unfinished(conn, campaign_id):
                     return False
                 store.set_status(
@@ -696,7 +732,8 @@ class Worker:
                         event = None
                 if event is None:
                     now = self._meter_time(session, time.time())
-                    await self._debit(session, session.meter.tick(now), now)
+                    if due is not None and now >= due + TICK_GRACE:  # not on other timers
+                        await self._debit(session, session.meter.tick(now), now)
                     await self._act(session, run.timer(now), log_)
                     if transfer_at is not None and now >= transfer_at:
                         transfer_at = None

@@ -69,6 +69,10 @@ class DialRefused(PoolError):
     pass
 
 
+class DialOutcomeUnknown(PoolError):
+    """The line never acknowledged the dial and was killed: the INVITE may have left."""
+
+
 class UnknownCall(PoolError):
     pass
 
@@ -304,7 +308,10 @@ class LinePool:
                 log.error("line did not acknowledge a dial; killing it", line=line.name)
                 if line.process is not None and line.process.returncode is None:
                     line.process.kill()
-                raise DialRefused(f"call {call_id!r}: {line.name} did not answer") from None
+                raise DialOutcomeUnknown(
+                    f"call {call_id!r}: {line.name} did not answer (killed); the INVITE "
+                    "may have left"
+                ) from None
             finally:
                 line.pending -= 1
                 line.acks.pop(call_id, None)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from siputil import Sipp, events_until, names, pool_of, sipps, trunk
 
-from sip.pool import DialRefused, PoolFull, UnknownCall
+from sip.pool import DialOutcomeUnknown, DialRefused, PoolFull, UnknownCall
 
 FINAL = {"failed", "hangup", "interrupted"}
 
@@ -268,7 +268,7 @@ async def test_a_line_that_stops_answering_is_killed_not_doubled(tmp_path: Path)
         async with pool_of(trunk("main", uas.uri), lines=2) as pool:
             frozen = pool._lines[0]
             os.kill(frozen.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
-            with pytest.raises(DialRefused, match="did not answer"):
+            with pytest.raises(DialOutcomeUnknown, match="did not answer"):
                 await pool.dial("c1", "+15550001", "main")  # line0 is preferred: equal room
             await events_until(pool, None, {"line_restarted"})
             assert await pool.dial("c2", "+15550002", "main") in ("line0", "line1")

@@ -4,6 +4,7 @@ on); real bugs pass through unchanged."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -63,3 +64,28 @@ async def test_sqlite_locked_past_the_busy_timeout(
         finally:
             other.close()
         await database.run(lambda c: c.execute(text("INSERT INTO t VALUES (1)")))
+
+
+async def test_no_free_connection_in_the_pool(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pooled connection busy past the pool timeout (a server that stopped
+    answering holds them): an outage, retried like the others."""
+    monkeypatch.setattr(billing.storage, "POOL_TIMEOUT_SECONDS", 0.3)
+    async with Database(pg_url, pool_size=1) as database:  # 1 + 1 overflow
+
+        def slow(conn: Connection) -> None:
+            conn.execute(text("SELECT pg_sleep(1.5)"))
+
+        holders = [asyncio.create_task(database.run(slow)) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        with pytest.raises(DatabaseUnavailable):
+            await database.run(lambda c: c.execute(text("SELECT 1")))
+        await asyncio.gather(*holders)
+
+
+async def test_a_server_that_stops_answering(pg_url: str) -> None:
+    """The worker's database has a command timeout: a statement never answered fails
+    as an outage instead of hanging the transaction forever."""
+    async with Database(pg_url, command_timeout=0.5) as database:
+        with pytest.raises(DatabaseUnavailable):
+            await database.run(lambda c: c.execute(text("SELECT pg_sleep(5)")))
+        assert await database.run(lambda c: c.execute(text("SELECT 1")).scalar()) == 1

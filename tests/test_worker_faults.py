@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from billing.ledger import Ledger
@@ -25,13 +26,17 @@ from dialer import store
 from dialer.campaign_state import Action
 from dialer.campaigns import CampaignSpec, add_trunk, change_state, create_campaign, import_contacts
 from dialer.worker import Worker
+from sip.pool import DialOutcomeUnknown, DialRefused
 
 
 class ScriptedPool:
     """Answers every dial at once; each call then hangs up as ``hangup_after`` says, the
     hangup stamped ``stamp_early`` s before it reaches the worker."""
 
-    def __init__(self, hangup_after: float, stamp_early: float) -> None:
+    def __init__(
+        self, hangup_after: float, stamp_early: float, fail_first: Exception | None = None
+    ) -> None:
+        self.fail_first = fail_first  # raised by the first dial
         self.hangup_after = hangup_after
         self.stamp_early = stamp_early
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -46,6 +51,9 @@ class ScriptedPool:
         return 4
 
     async def dial(self, call_id: str, to: str, trunk: str, **_: Any) -> str:
+        if self.fail_first is not None:
+            failure, self.fail_first = self.fail_first, None
+            raise failure
         self.dialled.append(to)
         task = asyncio.create_task(self._call(call_id))
         self._tasks.add(task)
@@ -154,3 +162,46 @@ async def test_an_unexpected_error_in_a_round_does_not_stop_the_worker(
     finally:
         with contextlib.suppress(Exception):
             await database.dispose()
+
+
+@pytest.mark.parametrize(
+    "failure", [DialRefused("line full"), RuntimeError("a bug in the pool")], ids=str
+)
+async def test_a_dial_that_never_left(failure: Exception, db_url: str, tmp_path: Path) -> None:
+    """The line refuses the dial (or something unexpected breaks it) after the CDR was
+    written: the CDR is forgotten, the attempt given back, no call left half-known; the
+    contact is dialled again and the campaign completes."""
+    database, ledger = await campaign(db_url, tmp_path, ["+14155550100"])
+    try:
+        pool = ScriptedPool(hangup_after=0.3, stamp_early=0.0, fail_first=failure)
+        worker = Worker(database, ledger, pool, worker_id="w1")  # type: ignore[arg-type]
+        await run_until_done(worker, database)
+        calls = await database.run(lambda c: list(c.execute(select(store.CALL))), write=False)
+        contacts = await database.run(lambda c: list(c.execute(select(store.CONTACT))), write=False)
+        assert [c.disposition for c in calls] == ["answered"]  # no orphan CDR
+        assert [(c.state, c.attempts) for c in contacts] == [("done", 1)]
+        assert not worker.sessions and pool.dialled == ["+14155550100"]
+    finally:
+        await database.dispose()
+
+
+async def test_a_dial_whose_outcome_is_unknown(db_url: str, tmp_path: Path) -> None:
+    """The line froze and was killed before acknowledging: the INVITE may have left. The
+    CDR is kept and closed `interrupted`, the attempt counts, the contact is retried."""
+    database, ledger = await campaign(db_url, tmp_path, ["+14155550100"])
+    try:
+        await database.run(lambda c: c.execute(
+            store.CAMPAIGN.update().values(retry={"max_attempts": 3, "delay_seconds": 0})
+        ))  # fmt: skip
+        pool = ScriptedPool(hangup_after=0.3, stamp_early=0.0,
+                            fail_first=DialOutcomeUnknown("line0 did not answer"))  # fmt: skip
+        worker = Worker(database, ledger, pool, worker_id="w1")  # type: ignore[arg-type]
+        await run_until_done(worker, database)
+        calls = await database.run(
+            lambda c: list(c.execute(select(store.CALL).order_by(store.CALL.c.attempt))),
+            write=False,
+        )
+        assert [(c.attempt, c.disposition) for c in calls] == [(1, "interrupted"), (2, "answered")]
+        assert calls[0].billed_telephony_seconds == 0
+    finally:
+        await database.dispose()
