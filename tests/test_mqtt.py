@@ -241,11 +241,12 @@ async def test_dialer_events_prints_the_stream(
             account, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert follow.stdout is not None
-        await asyncio.sleep(1.5)  # subscribed
+        # the retained status comes first: once it is printed, the follower is subscribed
+        # (a fixed sleep was too short for the CLI's start on a loaded machine)
+        retained = await asyncio.wait_for(follow.stdout.readline(), 30)
+        assert b"retained" in retained and b"spring" in retained
         events.emit("billing.exhausted", account=account, counter="speech", balance_seconds=-15)
         first = await asyncio.wait_for(follow.stdout.readline(), 10)
-        if b"retained" in first:
-            first = await asyncio.wait_for(follow.stdout.readline(), 10)
         assert b"billing.exhausted" in first and b"balance_seconds=-15" in first
         follow.terminate()
         await follow.wait()
