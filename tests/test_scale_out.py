@@ -1,6 +1,6 @@
-"""Two workers on one PostgreSQL database, over real SIP: the trunk's channel cap and the
-campaign's calls per second hold for both together (they are kept in the database), each
-contact is dialled exactly once, and the books balance."""
+"""Two workers on one PostgreSQL database, over real SIP: the trunk's channel cap holds
+for both together (it is counted in the database), each contact is dialled exactly once,
+and the books balance. (Shared calls-per-second budgets: tests/test_claims.py.)"""
 
 from __future__ import annotations
 
