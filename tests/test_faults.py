@@ -303,10 +303,7 @@ async def test_a_line_process_killed_mid_call(db_url: str, tmp_path: Path) -> No
     killed: dict[str, Any] = {}
 
     async def kill_a_line(database: Database, worker: Worker) -> None:
-        deadline = asyncio.get_running_loop().time() + 30
-        while worker.calls_by_state()["answered"] < 2:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.05)
+        await calls_answered(worker, 2)
         await asyncio.sleep(1.0)
         victim = next(s for s in worker.sessions.values() if s.line == "line0")
         killed["call_id"] = victim.call_id
@@ -332,6 +329,13 @@ async def test_a_line_process_killed_mid_call(db_url: str, tmp_path: Path) -> No
     assert outcome.worker.pool.line_deaths == 1
 
 
+async def calls_answered(worker: Worker, count: int, within: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while worker.calls_by_state()["answered"] < count:
+        assert asyncio.get_running_loop().time() < deadline, "calls never answered"
+        await asyncio.sleep(0.05)
+
+
 def _postgres(action: str) -> None:
     version = sorted(os.path.basename(p) for p in glob.glob("/etc/postgresql/*"))[-1]
     command = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action]
@@ -349,16 +353,11 @@ async def test_postgresql_restarted_mid_campaign(pg_url: str, tmp_path: Path) ->
     new call is placed without the database, then the campaign finishes; the books
     balance to the second."""
     numbers = phones(4)
-    outage: dict[str, float] = {}
 
     async def restart_postgres(database: Database, worker: Worker) -> None:
-        deadline = asyncio.get_running_loop().time() + 30
-        while worker.calls_by_state()["answered"] < 2:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.05)
+        await calls_answered(worker, 2)
         placed = worker.placed
         await asyncio.to_thread(_postgres, "stop")
-        outage["from"] = asyncio.get_running_loop().time()
         try:
             await asyncio.sleep(5)
             assert worker.placed == placed  # no claim, no INVITE without the database
