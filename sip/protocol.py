@@ -59,6 +59,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from sip.uri import MAX_PASSWORD, check_sip_uri, check_text, check_user
+
 VERSION = 1
 MAX_LINE_BYTES = 64 * 1024
 
@@ -115,9 +117,18 @@ class TrunkConfig(BaseModel):
     @field_validator("uri", "outbound_proxy")
     @classmethod
     def _sip_uri(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("sip:", "sips:")):
-            raise ValueError(f"must be a sip: or sips: URI, got {value!r}")
-        return value
+        # second gate behind the CLI's (sip.uri): pjsua2 would send a CR/LF as is
+        return None if value is None else check_sip_uri(value)
+
+    @field_validator("username", "caller_id")
+    @classmethod
+    def _sip_user(cls, value: str | None) -> str | None:
+        return None if value is None else check_user(value)
+
+    @field_validator("password", "realm")
+    @classmethod
+    def _sip_text(cls, value: str | None) -> str | None:
+        return None if value is None else check_text(value, "value", MAX_PASSWORD)
 
 
 class LineConfig(BaseModel):
@@ -164,6 +175,11 @@ class Dial(_Message):
     def _safe_headers(cls, value: dict[str, str]) -> dict[str, str]:
         return check_headers(value)
 
+    @field_validator("caller_id")
+    @classmethod
+    def _sip_user(cls, value: str | None) -> str | None:
+        return None if value is None else check_user(value, "caller id")
+
 
 class Hangup(_Message):
     cmd: Literal["hangup"] = "hangup"
@@ -188,6 +204,11 @@ class Transfer(_Message):
     agent_uri: str
     mode: Literal["bridge", "refer"] = "bridge"
     ring_timeout: float = Field(default=30.0, gt=0, le=600)  # then agent_failed 408
+
+    @field_validator("agent_uri")
+    @classmethod
+    def _sip_uri(cls, value: str) -> str:
+        return check_sip_uri(value, "agent URI")
 
 
 class Shutdown(_Message):

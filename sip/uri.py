@@ -1,0 +1,105 @@
+"""SIP URIs and SIP text fields as the dialer accepts them (a subset of RFC 3261 19.1).
+
+    sip:[user@]host[:port][;param[=value]]...        (or sips:)
+
+host is a DNS name, an IPv4 address or a bracketed IPv6 address; port 1-65535; no
+password in the URI and no ``?headers`` part (they would add headers to our requests).
+Everything a user or a config file hands to pjsua2 is checked here first, because pjsua2
+takes a CR/LF in a credential or URI straight into the message it sends (a CRLF in a
+trunk username came out as an extra header after the Authorization line), and a URI it
+cannot parse (a bare ``sip:``) fails only when a line creates its account, in every
+worker at once. The checks raise ValueError with a short message that never echoes the
+value whole.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+MAX_URI = 255  # the width of the URI columns (dialer_trunk.uri, dialer_campaign.agent_uri)
+MAX_USERNAME = 128  # dialer_trunk.username
+MAX_PASSWORD = 255  # dialer_trunk.password
+
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+# RFC 3261 user: unreserved / escaped / user-unreserved
+_USER = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+_PARAM = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|%[0-9A-Fa-f]{2})+")
+_URI = re.compile(
+    r"(?P<scheme>sips?):"
+    r"(?:(?P<user>[^@]*)@)?"
+    r"(?P<host>\[[^\]]*\]|[^:;\[\]]*)"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+    r"(?P<params>(?:;[^;]*)*)"
+)
+
+
+def _cut(value: str, width: int = 40) -> str:
+    shown = _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
+    return repr(shown[:width] + "...") if len(value) > width else repr(shown)
+
+
+def check_text(value: str, what: str, max_length: int) -> str:
+    """A free-text SIP field (password, realm): 1..max_length characters, no control
+    characters (CR, LF, NUL, ESC...)."""
+    if not value:
+        raise ValueError(f"{what} is empty")
+    if len(value) > max_length:
+        raise ValueError(f"{what} is {len(value)} characters long (at most {max_length})")
+    if _CONTROLS.search(value):
+        raise ValueError(f"{what} holds a control character (CR, LF, TAB...)")
+    return value
+
+
+def check_user(value: str, what: str = "SIP user name") -> str:
+    """A user part (trunk username, caller id): RFC 3261 user characters only."""
+    check_text(value, what, MAX_USERNAME)
+    if not _USER.fullmatch(value):
+        raise ValueError(
+            f"{what} {_cut(value)} may hold only letters, digits, %XX escapes and -_.!~*'()&=+$,;?/"
+        )
+    return value
+
+
+def _check_host(host: str, uri: str) -> None:
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"SIP URI {_cut(uri)}: bad IPv6 address {_cut(host)}") from None
+    elif not host:
+        raise ValueError(f"SIP URI {_cut(uri)} has no host: use sip:host[:port]")
+    elif len(host) > 253 or not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"SIP URI {_cut(uri)}: bad host {_cut(host)}")
+
+
+def check_sip_uri(value: str, what: str = "SIP URI") -> str:
+    """``value`` when it is a SIP URI of the form above; ValueError naming the problem."""
+    if not value:
+        raise ValueError(f"{what} is empty")
+    if len(value) > MAX_URI:
+        raise ValueError(f"{what} is {len(value)} characters long (at most {MAX_URI})")
+    if not value.startswith(("sip:", "sips:")):
+        raise ValueError(f"{what} {_cut(value)} must be a sip: or sips: URI")
+    if _CONTROLS.search(value) or " " in value:
+        raise ValueError(f"{what} {_cut(value)} holds a space or a control character")
+    if "?" in value.split("@")[-1]:
+        raise ValueError(f"{what} {_cut(value)}: headers (?...) are not allowed in the URI")
+    match = _URI.fullmatch(value)
+    if not match:
+        raise ValueError(f"{what} {_cut(value)} is not sip:[user@]host[:port][;params]")
+    user, host, port = match["user"], match["host"], match["port"]
+    if user is not None:
+        if ":" in user:
+            raise ValueError(f"{what} {_cut(value)}: no password in the URI")
+        check_user(user, f"user part of {what}")
+    _check_host(host, value)
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ValueError(f"{what} {_cut(value)}: port must be 1-65535")
+    for param in match["params"].split(";")[1:]:
+        name, _, val = param.partition("=")
+        if not _PARAM.fullmatch(name) or ("=" in param and not _PARAM.fullmatch(val)):
+            raise ValueError(f"{what} {_cut(value)}: bad parameter {_cut(param)}")
+    return value
