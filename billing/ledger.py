@@ -147,6 +147,12 @@ def _check_text(what: str, value: str | None, limit: int) -> None:
         raise BillingError(f"{what} must be 1-{limit} characters, got {len(value)}")
 
 
+def package_key(acct_id: int, reference: str) -> str:
+    """References are the account's own: scoped by its id (migration 0005), so another
+    account's reference never blocks a purchase, nor says anything about it."""
+    return f"package:{acct_id}:{reference}"
+
+
 def debit_key(call_id: str, counter: Counter, increment: int) -> str:
     return f"debit:{call_id}:{counter.value}:{increment}"
 
@@ -273,6 +279,10 @@ def replayed_entry(conn: Connection, account: str, values: dict[str, Any]) -> En
         "contact",
     ):
         if name in values and getattr(original, name) != values[name]:
+            if name == "account_id":  # never another account's internal id, or its data
+                raise IdempotencyConflict(
+                    f"entry {values['idempotency_key']!r} exists for another account"
+                )
             raise IdempotencyConflict(
                 f"entry {values['idempotency_key']!r} exists with a different {name}"
                 f" ({getattr(original, name)!r}, not {values[name]!r})"
@@ -413,7 +423,7 @@ class Ledger:
                 "counter": counter.value,
                 "kind": "package",
                 "seconds": seconds,
-                "idempotency_key": f"package:{reference or uuid.uuid4().hex}",
+                "idempotency_key": package_key(acct, reference or uuid.uuid4().hex),
                 "created_at": when,
             }
             appended = append_entry(conn, values)
@@ -435,7 +445,14 @@ class Ledger:
                 signal = BalanceSignal(SignalKind.RESTORED, account, counter, after)
             return EntryResult(entry_id, account, counter, seconds, after, False, signal)
 
-        result = await self.database.run(buy)
+        try:
+            result = await self.database.run(buy)
+        except IdempotencyConflict:
+            # the key holds this account's id: say it in the caller's terms instead
+            raise IdempotencyConflict(
+                f"reference {reference!r} was already used by account {account!r} for"
+                " another purchase (a different counter or number of minutes)"
+            ) from None
         await self._emit(result.signal)
         return result
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -40,7 +41,22 @@ class Trunk(SQLModel, table=True):
     #: the shared calls-per-second bucket (every worker draws from it); None: full
     pace_tokens: float | None = Field(default=None, sa_column=Column(Float))
     pace_at: datetime | None = Field(default=None, sa_column=Column(DateTime()))
+    #: numbers it may carry (dialer.number_policy): "US,CA" or None (any country)...
+    allow_countries: str | None = Field(default=None, sa_column=Column(String(1200)))
+    #: ... and "mobile,fixed_line" or None (the default types)
+    allow_types: str | None = Field(default=None, sa_column=Column(String(255)))
     created_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))
+
+
+class AccountPolicy(SQLModel, table=True):
+    """An account's number policy (dialer.number_policy); no row: the defaults."""
+
+    __tablename__ = "dialer_account_policy"
+
+    account: str = Field(sa_column=Column(String(64), primary_key=True))
+    allow_countries: str | None = Field(default=None, sa_column=Column(String(1200)))
+    allow_types: str | None = Field(default=None, sa_column=Column(String(255)))
+    updated_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))
 
 
 class Campaign(SQLModel, table=True):
@@ -65,6 +81,8 @@ class Campaign(SQLModel, table=True):
     max_call_seconds: int = 600
     state: str = Field(default="draft", sa_column=Column(String(16), nullable=False))
     pause_reason: str | None = Field(default=None, sa_column=Column(String(16)))
+    #: why a running campaign cannot dial now (set and cleared by the workers)
+    blocked_reason: str | None = Field(default=None, sa_column=Column(String(255)))
     created_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))
 
@@ -87,6 +105,20 @@ class Contact(SQLModel, table=True):
     lease_owner: str | None = Field(default=None, sa_column=Column(String(64)))
     lease_until: datetime | None = Field(default=None, sa_column=Column(DateTime()))
     last_disposition: str | None = Field(default=None, sa_column=Column(String(32)))
+    #: why it was finished without a call (number policy, a bad attribute)
+    last_reason: str | None = Field(default=None, sa_column=Column(String(255)))
+
+
+class CampaignPrompt(SQLModel, table=True):
+    """A script's pre-recorded prompt, kept with the campaign as its text is: the host
+    file is read once, at create; workers play this copy (checked by its hash)."""
+
+    __tablename__ = "dialer_campaign_prompt"
+
+    campaign_id: int = Field(sa_column=Column(ForeignKey("dialer_campaign.id"), primary_key=True))
+    name: str = Field(sa_column=Column(String(255), primary_key=True))  # as in the script
+    sha256: str = Field(sa_column=Column(String(64), nullable=False))
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class CallRecord(SQLModel, table=True):

@@ -108,10 +108,35 @@ async def test_a_replayed_key_with_other_content_is_refused(ledger: Ledger) -> N
     await ledger.debit("acme", S, 15, call_id="c1", increment=1)
     with pytest.raises(IdempotencyConflict, match="different seconds"):
         await ledger.debit("acme", S, 30, call_id="c1", increment=1)
-    with pytest.raises(IdempotencyConflict, match="different account_id"):
+    with pytest.raises(IdempotencyConflict, match=r"exists for another account$"):
         await ledger.debit("other", S, 15, call_id="c1", increment=1)
     assert await ledger.balances("acme") == {T: 0, S: -15}
     assert await ledger.balances("other") == {T: 0, S: 0}
+
+
+async def test_top_up_references_are_each_accounts_own(ledger: Ledger) -> None:
+    """Another account's reference neither blocks a purchase nor reveals anything of it;
+    a reference reused by the same account for another purchase is refused in its
+    own terms (no internal id)."""
+    for name in ("filler", "acme", "other"):  # ids 1, 2, 3: distinct from the counts
+        await ledger.create_account(name)
+    acme = await ledger.buy_package("acme", T, 2, reference="pay-1")
+    other = await ledger.buy_package("other", S, 5, reference="pay-1")
+    assert not other.replayed and other.seconds == 300
+    assert await ledger.balances("other") == {T: 0, S: 300}
+    # each account's replay finds its own purchase
+    assert (await ledger.buy_package("acme", T, 2, reference="pay-1")).entry_id == acme.entry_id
+    assert (await ledger.buy_package("other", S, 5, reference="pay-1")).entry_id == other.entry_id
+    with pytest.raises(IdempotencyConflict) as refused:
+        await ledger.buy_package("acme", T, 3, reference="pay-1")
+    message = str(refused.value)
+    assert message == (
+        "reference 'pay-1' was already used by account 'acme' for another purchase"
+        " (a different counter or number of minutes)"
+    )
+    assert await ledger.balances("acme") == {T: 120, S: 0}
+    await assert_consistent(ledger, "acme")
+    await assert_consistent(ledger, "other")
 
 
 @pytest.mark.parametrize("minutes", [0, -5, "1.5", "abc", "", True, 10_000_001], ids=repr)
