@@ -17,6 +17,7 @@ from dialer.errors import DialerError
 
 CAMPAIGN_ACTIONS = ("start", "pause", "resume", "stop", "status")
 BILLING_ACTIONS = ("topup", "balance")
+COUNTERS = tuple(c.value for c in Counter)
 
 
 async def campaign_command(

@@ -1,5 +1,6 @@
 """The MQTT control plane against real Mosquitto: every command and its refusals over
-MQTT 5 and 3.1.1, the same rules as the CLI, confinement by the broker's ACL."""
+MQTT 5 and 3.1.1, the same rules as the CLI, confinement by the broker's ACL (the roles
+of docs/mqtt.md: test_mqtt_acl.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from billing.tariff import Counter
 from dialer.campaigns import CampaignSpec, add_trunk, create_campaign, import_contacts
 from dialer.errors import DialerError
 from dialer.events import EventBuffer, Events
-from dialer.mqtt import MAX_PAYLOAD, MqttBridge, client_for, reply_topic_allowed
+from dialer.mqtt import MAX_PAYLOAD, OPERATOR, MqttBridge, client_for, reply_topic_allowed
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -94,9 +95,17 @@ async def test_every_command_and_its_refusals(sqlite_url: str, tmp_path: Path, v
 
             balance = await ask("billing/cmd", {"action": "balance"})
             assert balance["result"]["counters"]["speech"]["balance_seconds"] == 600
-            topup = await ask("billing/cmd", {"action": "topup", "counter": "speech",
-                                              "minutes": 5})  # fmt: skip
+            # top-ups: the operator's topic only, naming the account
+            topup = await ask("billing/cmd", {"action": "topup", "account": acme,
+                                              "counter": "speech", "minutes": 5},
+                              account=OPERATOR)  # fmt: skip
             assert topup["ok"] and topup["result"]["balance_seconds"] == 900
+            own = await ask("billing/cmd", {"action": "topup", "counter": "speech",
+                                            "minutes": 5})  # fmt: skip
+            assert not own["ok"] and "only the operator" in own["error"]
+            seen = await ask("billing/cmd", {"action": "balance", "account": acme},
+                             account=OPERATOR)  # fmt: skip
+            assert seen["result"]["counters"]["speech"]["balance_seconds"] == 900
             if v5:  # MQTT 5: the reply also goes to the response topic, correlated
                 reply = await ask("billing/cmd", {"action": "balance"},
                                   response_topic=f"dialer/v1/{acme}/inbox/me")  # fmt: skip
@@ -105,14 +114,6 @@ async def test_every_command_and_its_refusals(sqlite_url: str, tmp_path: Path, v
             bad: list[tuple[str, dict[str, Any], str]] = [
                 (camp, {"action": "explode"}, "unknown action 'explode'"),
                 (camp, {"action": 5}, "action must be a string"),
-                ("billing/cmd", {"action": "topup", "counter": "speech", "minutes": "ten"},
-                 "minutes must be a whole number"),
-                ("billing/cmd", {"action": "topup", "counter": "speech", "minutes": -3},
-                 "minutes must be a whole positive number"),
-                ("billing/cmd", {"action": "topup", "counter": "beer", "minutes": 3},
-                 "unknown counter 'beer'"),
-                ("billing/cmd", {"action": "topup", "counter": 7, "minutes": 3},
-                 "counter must be a string"),
                 ("billing/cmd", {"action": "refund"}, "unknown action 'refund'"),
                 ("campaigns/nope/cmd", {"action": "status"}, "unknown campaign 'nope'"),
                 # a campaign of another account is unknown here, not "forbidden"
@@ -164,8 +165,8 @@ topic read dialer/v1/other/#
             async with bridge(database, broker.url, username="worker", password="w-secret"), \
                     client(broker.url, username="acme", password="a-secret") as c:  # fmt: skip
                 own = await request(c, "dialer/v1/acme/billing/cmd",
-                                    {"action": "topup", "counter": "speech", "minutes": 1,
-                                     "request_id": "mine"}, account="acme")  # fmt: skip
+                                    {"action": "balance", "request_id": "mine"},
+                                    account="acme")  # fmt: skip
                 assert own["ok"]
                 # the broker drops acme's publish to other's topic: no reply ever comes
                 with pytest.raises(TimeoutError):
@@ -289,11 +290,11 @@ async def test_two_workers_serve_each_command_once(sqlite_url: str, tmp_path: Pa
         await make_account(database, ledger, tmp_path, account, 1)
         async with bridge(database, SYSTEM_URL) as first, bridge(database, SYSTEM_URL) as second:
             async with client(SYSTEM_URL) as c:
-                await c.subscribe(f"dialer/v1/{account}/replies/#", qos=1)
+                await c.subscribe(f"dialer/v1/{OPERATOR}/replies/#", qos=1)
                 for n in range(6):  # no reference: a second worker would add them twice
-                    await c.publish(f"dialer/v1/{account}/billing/cmd", json.dumps(
-                        {"action": "topup", "counter": "speech", "minutes": 1,
-                         "request_id": f"t{n}"}).encode(), qos=1)  # fmt: skip
+                    await c.publish(f"dialer/v1/{OPERATOR}/billing/cmd", json.dumps(
+                        {"action": "topup", "account": account, "counter": "speech",
+                         "minutes": 1, "request_id": f"t{n}"}).encode(), qos=1)  # fmt: skip
                 replies: list[str] = []
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(3):
@@ -301,14 +302,20 @@ async def test_two_workers_serve_each_command_once(sqlite_url: str, tmp_path: Pa
                             replies.append(str(message.topic))
                 # a replayed top-up (same reference) emits no second topped_up event
                 for n in range(2):
-                    body = {"action": "topup", "counter": "speech", "minutes": 1,
-                            "reference": "inv-1", "request_id": f"ref{n}"}  # fmt: skip
-                    reply = await request(c, f"dialer/v1/{account}/billing/cmd", body,
-                                          account=account)  # fmt: skip
+                    body = {
+                        "action": "topup",
+                        "account": account,
+                        "counter": "speech",
+                        "minutes": 1,
+                        "reference": "inv-1",
+                        "request_id": f"ref{n}",
+                    }
+                    reply = await request(c, f"dialer/v1/{OPERATOR}/billing/cmd", body,
+                                          account=OPERATOR)  # fmt: skip
                     assert reply["ok"] and reply["result"]["replayed"] == (n == 1)
             emitted = first.events.buffer.emitted + second.events.buffer.emitted
         balances = await ledger.balances(account)
-    assert sorted(replies) == sorted(f"dialer/v1/{account}/replies/t{n}" for n in range(6))
+    assert sorted(replies) == sorted(f"dialer/v1/{OPERATOR}/replies/t{n}" for n in range(6))
     assert emitted == 7  # six top-ups and the first with the reference
     assert balances[Counter.SPEECH] == 60 + 6 * 60 + 60
     assert first.commands + second.commands == 8 and first.commands and second.commands
