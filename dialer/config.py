@@ -52,6 +52,9 @@ class MqttConfig(Section):
     tls: bool = False
     ca_file: str | None = None  # CA bundle for TLS (default: the system's)
     buffer_events: int = Field(default=10_000, ge=100, le=10_000_000)
+    #: the largest MQTT packet the worker takes (announced in CONNECT; bigger ones are
+    #: dropped by the broker, or end the connection before their body is read)
+    max_packet_bytes: int = Field(default=64 * 1024, ge=1024, le=268_435_455)
 
 
 class WorkerConfig(Section):

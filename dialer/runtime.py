@@ -81,7 +81,7 @@ async def running_worker(
             worker.bridge = MqttBridge(
                 mqtt.url, ledger, events, worker.worker_id, username=mqtt.username,
                 password=mqtt.password.get_secret_value() if mqtt.password else None,
-                tls=mqtt.tls, ca_file=mqtt.ca_file,
+                tls=mqtt.tls, ca_file=mqtt.ca_file, max_packet=mqtt.max_packet_bytes,
             )  # fmt: skip
             bridge = asyncio.create_task(worker.bridge.run(bridge_stop), name="mqtt")
         task = asyncio.create_task(worker.run(stop, drain_seconds))
