@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,67 @@ from dialer.contacts import normalise_phone, parse_contacts, read_csv
 from dialer.errors import DialerError
 from dialer.retry import RetryPolicy
 from dialer.script import read_script
+from dialer.text import has_controls, shorten
 from dialer.windows import CallingWindow, format_days, parse_zone
+from sip import uri as sip_uri
+
+#: A call's id is NAME-CONTACT_ID-ATTEMPT-XXXXXX (dialer.worker) in a 64-character column:
+#: 32 + 1 + 19 (any 64-bit id) + 1 + 3 (attempts <= MAX_RETRIES + 1) + 1 + 6 = 63. A longer
+#: name made every call_id overflow on PostgreSQL, and the campaign was never dialled.
+MAX_CAMPAIGN_NAME = 32
+MAX_NAME = 64  # accounts and trunks: their columns, and MQTT topic levels
+MAX_CHANNELS = 10_000
+MAX_CPS = 1_000.0
+MAX_RETRIES = 99
+MAX_RETRY_DELAY = 30 * 86_400  # seconds
+MAX_CALL_SECONDS = 86_400
+MAX_SCRIPT_PATH = 500  # dialer_campaign.script
+MAX_CALLER_ID = 32  # dialer_campaign.caller_id
 
 
-def check_name(what: str, name: str) -> str:
+def check_name(what: str, name: str, max_length: int = MAX_NAME) -> str:
     """Trunk and campaign names follow the account names' rule (they go into MQTT topics)."""
-    if not ACCOUNT_NAME.match(name):
-        raise DialerError(f"invalid {what} name {name!r}: 1-64 letters, digits, '_', '.', '-'")
+    # fullmatch: the rule's `$` would let a trailing newline through
+    if len(name) > max_length or not ACCOUNT_NAME.fullmatch(name):
+        raise DialerError(
+            f"invalid {what} name {shorten(name)!r}: 1-{max_length} letters, digits, '_', '.',"
+            " '-', starting with a letter or digit"
+        )
     return name
+
+
+def check_int(what: str, value: int, low: int, high: int) -> int:
+    """A whole number in [low, high]: the columns are 32-bit on PostgreSQL, and a huge one
+    overflowed them as an "unexpected" error."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise DialerError(f"{what} must be a whole number from {low} to {high}, got {value}")
+    return value
+
+
+def check_rate(what: str, value: float, high: float) -> float:
+    """A finite rate in (0, high]: inf stopped the pacing with an OverflowError every round
+    and nan bypassed it (every comparison with nan is false)."""
+    if not math.isfinite(value) or not 0 < value <= high:
+        raise DialerError(f"{what} must be a number above 0 and at most {high:g}, got {value}")
+    return float(value)
+
+
+def check_text(what: str, value: str, max_length: int) -> str:
+    """A short option (window, days, zone, kind...): bounded, no control characters, so a
+    message quoting it stays one short line."""
+    if len(value) > max_length or has_controls(value):
+        raise DialerError(
+            f"bad {what} {shorten(value)!r}: at most {max_length} characters, no control characters"
+        )
+    return value
+
+
+def check_sip(check: Callable[..., str], value: str, *args: Any) -> str:
+    """One of sip.uri's checks, its ValueError as the dialer's refusal."""
+    try:
+        return check(value, *args)
+    except ValueError as exc:
+        raise DialerError(str(exc)) from None
 
 
 def status_of(row: Any) -> Status:
@@ -55,14 +110,21 @@ async def add_trunk(
     outbound_proxy: str | None = None,
 ) -> None:
     check_name("trunk", name)
-    parse_trunk_kind(kind)
-    for label, value in (("uri", uri), ("outbound proxy", outbound_proxy)):
-        if value is not None and not value.startswith(("sip:", "sips:")):
-            raise DialerError(f"trunk {label} must be a sip: or sips: URI, got {value!r}")
-    if channels < 1 or cps <= 0:
-        raise DialerError("channels must be >= 1 and cps > 0")
+    check_name("account", account)
+    parse_trunk_kind(check_text("trunk kind", kind, 16))
+    check_sip(sip_uri.check_sip_uri, uri, "trunk URI")
+    if outbound_proxy is not None:
+        check_sip(sip_uri.check_sip_uri, outbound_proxy, "trunk outbound proxy")
+    if username is not None:
+        check_sip(sip_uri.check_user, username, "trunk username")
+    if password is not None:
+        check_sip(sip_uri.check_text, password, "trunk password", sip_uri.MAX_PASSWORD)
+        if username is None:
+            raise DialerError("a trunk password needs --username")
+    check_int("channels", channels, 1, MAX_CHANNELS)
+    check_rate("cps", cps, MAX_CPS)
     if register and not username:
-        raise DialerError("--register needs --username and --password")
+        raise DialerError("--register needs --username and a password")
 
     def add(conn: Connection) -> None:
         account_id(conn, account)
@@ -100,20 +162,29 @@ class CampaignSpec:
 
 
 async def create_campaign(db: Database, spec: CampaignSpec) -> None:
-    check_name("campaign", spec.name)
-    window = CallingWindow.parse(spec.window, spec.days)
-    parse_zone(spec.timezone)
-    if spec.max_concurrent < 1 or spec.cps <= 0 or spec.max_call_seconds < 1:
-        raise DialerError("max concurrent must be >= 1, cps > 0, max call seconds >= 1")
-    if spec.retries < 0:
-        raise DialerError(f"retries must be >= 0, got {spec.retries}")
-    if spec.agent_uri is not None and not spec.agent_uri.startswith(("sip:", "sips:")):
-        raise DialerError(f"agent URI must be a sip: URI, got {spec.agent_uri!r}")
+    check_name("campaign", spec.name, MAX_CAMPAIGN_NAME)
+    check_name("account", spec.account)
+    check_name("trunk", spec.trunk)
+    window = CallingWindow.parse(
+        check_text("window", spec.window, 32), check_text("days", spec.days, 64)
+    )
+    parse_zone(check_text("time zone", spec.timezone, 64))
+    check_int("max concurrent", spec.max_concurrent, 1, MAX_CHANNELS)
+    check_rate("cps", spec.cps, MAX_CPS)
+    check_int("retries", spec.retries, 0, MAX_RETRIES)
+    check_int("retry delay", spec.retry_delay, 0, MAX_RETRY_DELAY)
+    check_int("max call seconds", spec.max_call_seconds, 1, MAX_CALL_SECONDS)
+    if spec.agent_uri is not None:
+        check_sip(sip_uri.check_sip_uri, spec.agent_uri, "agent URI")
+    caller = None
+    if spec.caller_id:
+        caller = normalise_phone(check_text("caller id", spec.caller_id, MAX_CALLER_ID))
     script_path, script_text = None, None
     if spec.script is not None:
         # validated now (errors name block and line), kept as text: what was checked runs
+        check_text("script path", spec.script, MAX_SCRIPT_PATH)
         script_path, script_text = await asyncio.to_thread(read_script, spec.script)
-    caller = normalise_phone(spec.caller_id) if spec.caller_id else None
+        check_text("script path", script_path, MAX_SCRIPT_PATH)  # stored resolved
     retry = RetryPolicy(max_attempts=spec.retries + 1, delay_seconds=spec.retry_delay)
 
     def add(conn: Connection) -> None:
@@ -149,11 +220,12 @@ class ImportReport:
 
 
 async def import_contacts(db: Database, campaign: str, path: Path) -> ImportReport:
-    def fallback(conn: Connection) -> str:
-        return str(store.campaign_by_name(conn, campaign).timezone)
+    def fallback(conn: Connection) -> tuple[str, Any]:
+        row = store.campaign_by_name(conn, campaign)
+        return str(row.timezone), store.number_refusal(conn, row.account, row.trunk_id)
 
-    zone = await db.run(fallback, write=False)
-    parsed = parse_contacts(path, zone)
+    zone, refuse = await db.run(fallback, write=False)
+    parsed = parse_contacts(path, zone, refuse)
 
     def add(conn: Connection) -> int:
         row = store.campaign_by_name(conn, campaign, lock=True)  # not completed meanwhile
@@ -233,6 +305,7 @@ async def campaign_status(db: Database, campaign: str) -> dict[str, Any]:
             "account": row.account,
             "state": row.state,
             "pause_reason": row.pause_reason,
+            "blocked": row.blocked_reason if row.state == "running" else None,
             "contacts": {
                 "total": counts["total"],
                 "pending": counts["pending"],

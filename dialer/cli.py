@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import sys
@@ -26,9 +27,11 @@ from billing.period import Period, utcnow
 from billing.storage import Database, describe, first_line
 from billing.tariff import Counter
 from dialer import db, service
+from dialer.campaigns import check_name, check_text
 from dialer.config import ConfigError, Settings, load_settings
 from dialer.errors import DialerError
 from dialer.logs import configure_logging, redact_text
+from dialer.text import shorten
 from sip.errors import PlanError, SipSetupError
 
 T = TypeVar("T")
@@ -96,7 +99,28 @@ def run(work: Callable[[Ledger], Awaitable[T]]) -> T:
 
 
 def emit_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+    # strict JSON: a non-finite float (a row written before rates were checked) is null,
+    # never the `Infinity`/`NaN` that JSON parsers refuse
+    sys.stdout.write(json.dumps(_finite(document), ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def error_line(message: object) -> str:
+    """The one line an error prints: controls escaped, and cut, so that no input
+    echoed by a message deep in the core can flood the terminal or forge a line."""
+    return shorten(" ".join(str(message).splitlines()), MAX_ERROR_LINE)
+
+
+MAX_ERROR_LINE = 400
 
 
 def iso(value: Any) -> str:
@@ -112,6 +136,7 @@ def db_upgrade(as_json: JsonOpt = False) -> None:
     cfg = settings()
 
     async def main() -> tuple[str | None, str]:
+        db.private_sqlite_file(cfg.database.url, create=True)
         async with Database(cfg.database.url, create=True) as database:
             return await db.upgrade(database)
 
@@ -131,6 +156,7 @@ def db_upgrade(as_json: JsonOpt = False) -> None:
 @account_app.command("create")
 def account_create(name: str, as_json: JsonOpt = False) -> None:
     """Create an account with zero balance on every counter."""
+    check_name("account", name)
     info = run(lambda ledger: ledger.create_account(name))
     if as_json:
         emit_json({"account": info.name, "created_at": iso(info.created_at)})
@@ -168,6 +194,9 @@ def billing_topup(
     as_json: JsonOpt = False,
 ) -> None:
     """Buy a minute package: pays off a negative balance first, then accumulates."""
+    check_name("account", account)
+    check_text("counter", counter, 16)
+    check_text("minutes", minutes, 16)  # int() of 100k digits fails before any rule
     structlog.contextvars.bind_contextvars(account=account)
     result = run(lambda ledger: service.topup(ledger, account, counter, minutes, reference))
     structlog.get_logger().debug(
@@ -191,6 +220,7 @@ def billing_topup(
 @billing_app.command("balance")
 def billing_balance(account: str, as_json: JsonOpt = False) -> None:
     """Show the balance of every counter."""
+    check_name("account", account)
     document = run(lambda ledger: service.balance(ledger, account))
     if as_json:
         emit_json(document)
@@ -212,7 +242,14 @@ def billing_usage(
     as_json: JsonOpt = False,
 ) -> None:
     """Usage in a billing period: unique contacts reached and billed time per counter."""
-    which = Period.parse(period) if period is not None else Period.containing(utcnow())
+    check_name("account", account)
+    if campaign is not None:
+        check_name("campaign", campaign)
+    which = (
+        Period.parse(check_text("period", period, 16))
+        if period is not None
+        else Period.containing(utcnow())
+    )
     report = run(lambda ledger: ledger.usage(account, which, campaign))
     if as_json:
         emit_json(usage_document(report))
@@ -238,6 +275,7 @@ def billing_usage(
 @billing_app.command("audit")
 def billing_audit(account: str, as_json: JsonOpt = False) -> None:
     """Check that every balance equals the sum of its ledger entries."""
+    check_name("account", account)
     lines = run(lambda ledger: ledger.audit(account))
     if as_json:
         emit_json(
@@ -293,9 +331,13 @@ def format_seconds(seconds: int) -> str:
 @app.command("sim")
 def sim(
     plan: Annotated[Path, typer.Option("--plan", help="TOML plan: how each number behaves.")],
-    port: Annotated[int, typer.Option("--port", help="SIP port (UDP and TCP).")] = 5070,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="SIP port (UDP and TCP).")
+    ] = 5070,
     bind: Annotated[str, typer.Option("--bind", help="Address to listen on.")] = "127.0.0.1",
-    rtp_port: Annotated[int, typer.Option("--rtp-port", help="First RTP port.")] = 40000,
+    rtp_port: Annotated[
+        int, typer.Option("--rtp-port", min=1024, max=65000, help="First RTP port.")
+    ] = 40000,
 ) -> None:
     """Simulated callees and agents on pjsua2 for QA (plan format: `sip/sim.py`).
 
@@ -364,7 +406,8 @@ def _split_config(argv: list[str]) -> Iterator[str]:
 def main(argv: list[str] | None = None) -> int:
     import dialer.cli_amd
     import dialer.cli_campaigns
-    import dialer.cli_events  # noqa: F401
+    import dialer.cli_events
+    import dialer.cli_policy  # noqa: F401
 
     args = list(sys.argv[1:] if argv is None else argv)
     configure_logging()  # until the configuration is read: stderr, never stdout
@@ -381,10 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as usage:
         message = usage.format_message()
         if message:  # empty: no subcommand given, the help was printed
-            print(f"error: {message}", file=sys.stderr)
+            print(f"error: {error_line(message)}", file=sys.stderr)
         return int(getattr(usage, "exit_code", 2))
     except (BillingError, ConfigError, DialerError, PlanError, SipSetupError) as refused:
-        print(f"error: {refused}", file=sys.stderr)
+        print(f"error: {error_line(refused)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -392,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as bug:  # the edge: never a traceback for the user, but never silent
         structlog.get_logger().debug("unexpected error", exc_info=True)
         print(
-            f"error: unexpected {type(bug).__name__}: {redact_text(first_line(bug))} "
+            f"error: unexpected {type(bug).__name__}: {error_line(redact_text(first_line(bug)))} "
             "(run with DIALER_LOGGING__LEVEL=debug for details)",
             file=sys.stderr,
         )

@@ -7,6 +7,8 @@ import contextlib
 import csv
 import io
 import json
+import math
+import os
 import signal
 import sys
 import time
@@ -29,11 +31,14 @@ from dialer.campaigns import (
     ImportReport,
     add_trunk,
     campaign_status,
+    check_name,
     create_campaign,
     import_contacts,
     import_dnc,
 )
 from dialer.cli import JsonOpt, app, emit_json, run, settings, stdout
+from dialer.errors import DialerError
+from dialer.text import shorten
 
 trunk_app = typer.Typer(help="SIP trunks.", no_args_is_help=True)
 campaign_app = typer.Typer(help="Campaigns.", no_args_is_help=True)
@@ -52,6 +57,53 @@ CDR_COLUMNS = (
 )  # fmt: skip
 
 
+MAX_DRAIN = 3600.0
+PASSWORD_ENV = "DIALER_TRUNK_PASSWORD"
+MAX_PASSWORD_FILE = 4096
+
+
+def trunk_password(file: Path | None, username: str | None) -> str | None:
+    """The trunk password from --password-file, else $DIALER_TRUNK_PASSWORD, else a hidden
+    prompt (stdin a terminal, a --username given); never from the command line, where
+    every local user sees it in `ps`. No --username: no password (the environment
+    variable may be set for another trunk)."""
+    if username is None:
+        if file is not None:
+            raise DialerError("--password-file needs --username")
+        return None
+    if file is not None:
+        try:
+            with file.open("rb") as f:
+                raw = f.read(MAX_PASSWORD_FILE + 1)
+        except OSError as exc:
+            raise DialerError(
+                f"cannot read --password-file {shorten(file)}: {exc.strerror}"
+            ) from None
+        if len(raw) > MAX_PASSWORD_FILE:
+            raise DialerError(f"--password-file {shorten(file)} is over {MAX_PASSWORD_FILE} bytes")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DialerError(f"--password-file {shorten(file)} is not UTF-8") from None
+        # the one line break an editor or `echo` leaves at the end is not part of it
+        return text.removesuffix("\n").removesuffix("\r")
+    from_env = os.environ.get(PASSWORD_ENV)
+    if from_env is not None:
+        return from_env
+    if sys.stdin.isatty():
+        return str(typer.prompt(f"password for {username}", hide_input=True, err=True))
+    return None
+
+
+def _refuse_password_on_argv(value: str | None) -> None:
+    if value is not None:
+        raise typer.BadParameter(
+            f"a password on the command line is visible to every local user (ps); use "
+            f"--password-file FILE, ${PASSWORD_ENV} or the prompt (stdin a terminal)",
+            param_hint="'--password'",
+        )
+
+
 @trunk_app.command("add")
 def trunk_add(
     name: str,
@@ -59,18 +111,29 @@ def trunk_add(
     kind: Annotated[str, typer.Option("--kind", help="platform | customer")],
     uri: Annotated[str, typer.Option("--uri", help="sip:host[:port][;transport=tcp]")],
     username: Annotated[str | None, typer.Option("--username")] = None,
-    password: Annotated[str | None, typer.Option("--password")] = None,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--password-file",
+            help=f"File holding the password (else ${PASSWORD_ENV}, else a prompt).",
+        ),
+    ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option("--password", hidden=True, callback=_refuse_password_on_argv),
+    ] = None,
     register: Annotated[bool, typer.Option("--register")] = False,
     channels: Annotated[int, typer.Option("--channels")] = 30,
     cps: Annotated[float, typer.Option("--cps")] = 10.0,
     proxy: Annotated[str | None, typer.Option("--outbound-proxy")] = None,
 ) -> None:
     """Add a SIP trunk (the platform's own, or a customer's own)."""
+    password = trunk_password(password_file, username)
     run(lambda ledger: add_trunk(
         ledger.database, name=name, account=account, kind=kind, uri=uri, username=username,
         password=password, register=register, channels=channels, cps=cps, outbound_proxy=proxy,
     ))  # fmt: skip
-    stdout.print(f"trunk {name} added ({kind}, {uri})")
+    stdout.print(f"trunk {name} added ({kind}, {escape(uri)})", highlight=False)
 
 
 @trunk_app.command("list")
@@ -96,7 +159,7 @@ def trunk_list(as_json: JsonOpt = False) -> None:
     table = Table("trunk", "account", "kind", "uri", "channels", "cps")
     for t in trunks:
         table.add_row(
-            t["name"], t["account"], t["kind"], t["uri"], str(t["channels"]), str(t["cps"])
+            t["name"], t["account"], t["kind"], escape(t["uri"]), str(t["channels"]), str(t["cps"])
         )
     stdout.print(table)
 
@@ -142,12 +205,14 @@ def _print_report(report: ImportReport, what: str, as_json: bool) -> None:
 @campaign_app.command("import")
 def campaign_import(campaign: str, file: Path, as_json: JsonOpt = False) -> None:
     """Import contacts from a CSV (header row; column `phone` required, `timezone` optional)."""
+    check_name("campaign", campaign)
     report = run(lambda ledger: import_contacts(ledger.database, campaign, file))
     _print_report(report, "contacts", as_json)
 
 
 def _state_command(action: Action) -> Any:
     def command(campaign: str, as_json: JsonOpt = False) -> None:
+        check_name("campaign", campaign)
         status = run(lambda ledger: service.campaign_command(ledger, campaign, action.value))
         if as_json:
             emit_json({"campaign": campaign, "state": status["state"],
@@ -173,6 +238,7 @@ def campaign_status_cmd(
     ] = False,
 ) -> None:
     """Campaign state, contacts, calls and billed time."""
+    check_name("campaign", campaign)
     if watch:
         _watch(campaign)
         return
@@ -269,8 +335,9 @@ def cdr_export(
     output: Annotated[Path | None, typer.Option("--output")] = None,
 ) -> None:
     """Export a campaign's call records (times ISO 8601 UTC)."""
+    check_name("campaign", campaign)
     if fmt not in ("csv", "json"):
-        raise typer.BadParameter(f"--format must be csv or json, not {fmt!r}")
+        raise typer.BadParameter(f"--format must be csv or json, not {shorten(fmt)!r}")
     rows = run(lambda ledger: cdr_rows(ledger, campaign))
     if fmt == "json":
         text = json.dumps([{k: _iso(v) if k.endswith("_at") else v for k, v in r.items()}
@@ -293,22 +360,27 @@ def cdr_export(
 @dnc_app.command("import")
 def dnc_import(account: str, file: Path, as_json: JsonOpt = False) -> None:
     """Add numbers (CSV, column `phone`) to an account's do-not-call list."""
+    check_name("account", account)
     report = run(lambda ledger: import_dnc(ledger.database, account, file))
     _print_report(report, "numbers", as_json)
 
 
 @app.command("worker")
 def worker(
-    lines: Annotated[int | None, typer.Option("--lines")] = None,
-    sip_port: Annotated[int | None, typer.Option("--sip-port")] = None,
-    drain: Annotated[float, typer.Option("--drain-seconds")] = 30.0,
+    lines: Annotated[int | None, typer.Option("--lines", min=1, max=256)] = None,
+    sip_port: Annotated[int | None, typer.Option("--sip-port", min=0, max=65535)] = None,
+    drain: Annotated[float, typer.Option("--drain-seconds", min=0, max=MAX_DRAIN)] = 30.0,
     metrics_port: Annotated[
-        int | None, typer.Option("--metrics-port", help="serve /metrics and /health here")
+        int | None,
+        typer.Option("--metrics-port", min=0, max=65535, help="serve /metrics and /health here"),
     ] = None,
 ) -> None:
     """Run campaigns (long-running). SIGTERM: no new calls; calls up finish, up to
     --drain-seconds, then are hung up and settled."""
     from dialer.runtime import run_worker
+
+    if not math.isfinite(drain):  # nan passes click's range check
+        raise typer.BadParameter("must be a number of seconds", param_hint="'--drain-seconds'")
 
     cfg = settings()
     if metrics_port is not None:

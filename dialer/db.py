@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 from pathlib import Path
 
 from alembic import command
@@ -10,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
-from billing.storage import Database, DatabaseUnavailable
+from billing.storage import Database, DatabaseUnavailable, normalise_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -60,10 +63,35 @@ async def check_schema(database: Database) -> None:
         )
 
 
+#: SQLite writes these next to the database; it creates them with the database's mode
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def private_sqlite_file(url: str, *, create: bool = False) -> None:
+    """A SQLite database holds trunk passwords and phone numbers. A new one (``create``)
+    is made 0600 before SQLite opens it; SQLite gives its -wal, -shm and -journal files
+    the database's mode. An existing one that others may read (0644 from an older
+    version) loses those bits; its group bits stay: a group may be how operators share it.
+    Nothing for PostgreSQL."""
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database)
+    if create and path.parent.is_dir():
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for file in (path, *(Path(f"{path}{suffix}") for suffix in SQLITE_SIDE_FILES)):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            info = file.lstat()  # a symlink is left alone: chmod would follow it
+            if stat.S_ISREG(info.st_mode) and info.st_mode & 0o007:
+                os.chmod(file, stat.S_IMODE(info.st_mode) & 0o770)
+
+
 async def open_database(
     url: str, *, create: bool = False, command_timeout: float | None = None
 ) -> Database:
     """A database at the current schema (or, with ``create``, one that may be new)."""
+    private_sqlite_file(url, create=create)
     database = Database(url, create=create, command_timeout=command_timeout)
     if not create:
         try:

@@ -76,7 +76,7 @@ def test_campaign_lifecycle_and_imports(acme: Run, tmp_path: Path) -> None:
         (["--window", "25:00-26:00"], "bad window '25:00-26:00'"),
         (["--days", "mon-funday"], "bad days"),
         (["--timezone", "Mars/Base"], "unknown time zone"),
-        (["--agent-uri", "tel:123"], "agent URI must be a sip: URI"),
+        (["--agent-uri", "tel:123"], "agent URI 'tel:123' must be a sip: or sips: URI"),
         (["--caller-id", "abc"], "bad phone number 'abc'"),
     ],
 )
@@ -112,8 +112,10 @@ def test_trunks_and_dnc(acme: Run, tmp_path: Path) -> None:
     assert "unknown account 'ghost'" in acme.fails(
         "trunk", "add", "t3", "--account", "ghost", "--kind", "platform", "--uri", "sip:x"
     )
+    secret = tmp_path / "secret"
+    secret.write_text("hunter2\n")
     acme("trunk", "add", "own", "--account", "acme", "--kind", "customer", "--uri",
-         "sip:pbx.example", "--username", "u", "--password", "hunter2")  # fmt: skip
+         "sip:pbx.example", "--username", "u", "--password-file", str(secret))  # fmt: skip
     listed = acme.json("trunk", "list")
     assert [t["name"] for t in listed["trunks"]] == ["main", "own"]  # type: ignore[index]
     assert "hunter2" not in json.dumps(listed)
