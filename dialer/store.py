@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,7 +19,16 @@ from billing.ledger import account_id, call_debits, gate
 from billing.tariff import Counter, Tariff, TrunkKind
 from dialer.campaign_state import Status
 from dialer.errors import DialerError
-from dialer.models import CallRecord, Campaign, Contact, DncEntry, Trunk
+from dialer.models import (
+    AccountPolicy,
+    CallRecord,
+    Campaign,
+    CampaignPrompt,
+    Contact,
+    DncEntry,
+    Trunk,
+)
+from dialer.number_policy import NumberPolicy, refusal
 from dialer.pacing import shared_tokens
 from dialer.retry import Disposition, RetryPolicy
 
@@ -28,8 +37,11 @@ CAMPAIGN = Campaign.__table__  # type: ignore[attr-defined]
 CONTACT = Contact.__table__  # type: ignore[attr-defined]
 CALL = CallRecord.__table__  # type: ignore[attr-defined]
 DNC = DncEntry.__table__  # type: ignore[attr-defined]
+POLICY = AccountPolicy.__table__  # type: ignore[attr-defined]
+PROMPT = CampaignPrompt.__table__  # type: ignore[attr-defined]
 
 PENDING, IN_PROGRESS, DONE = "pending", "in_progress", "done"
+NUMBER_POLICY = "number_policy"  # the disposition of a contact the policy refused
 
 
 class UnknownName(DialerError):
@@ -79,6 +91,84 @@ def set_status(conn: Connection, campaign_id: int, status: Status, now: datetime
             updated_at=now,
         )
     )
+
+
+def set_blocked(conn: Connection, campaign_id: int, reason: str | None) -> None:
+    """Why a running campaign cannot dial now (None: it can)."""
+    conn.execute(
+        update(CAMPAIGN)
+        .where(CAMPAIGN.c.id == campaign_id)
+        .values(blocked_reason=None if reason is None else reason[:255])
+    )
+
+
+# -- number policies ----------------------------------------------------------------------
+
+
+def account_policy(conn: Connection, account: str) -> NumberPolicy:
+    row = conn.execute(select(POLICY).where(POLICY.c.account == account)).first()
+    if row is None:
+        return NumberPolicy()
+    return NumberPolicy.parse(row.allow_countries, row.allow_types)
+
+
+def set_account_policy(conn: Connection, account: str, policy: NumberPolicy, now: datetime) -> None:
+    account_id(conn, account)
+    values = {"allow_countries": policy.countries_text, "allow_types": policy.types_text,
+              "updated_at": now}  # fmt: skip
+    done = conn.execute(update(POLICY).where(POLICY.c.account == account).values(values))
+    if not done.rowcount:
+        conn.execute(insert(POLICY).values(account=account, **values))
+
+
+def trunk_policy(trunk: Any) -> NumberPolicy:
+    return NumberPolicy.parse(trunk.allow_countries, trunk.allow_types)
+
+
+def set_trunk_policy(conn: Connection, name: str, policy: NumberPolicy) -> None:
+    trunk_by_name(conn, name)
+    conn.execute(
+        update(TRUNK)
+        .where(TRUNK.c.name == name)
+        .values(allow_countries=policy.countries_text, allow_types=policy.types_text)
+    )
+
+
+def number_refusal(conn: Connection, account: str, trunk_id: int) -> Any:
+    """The account's and the trunk's policies, read now, as one check: phone -> why it
+    may not be dialled, or None."""
+    trunk = trunk_by_id(conn, trunk_id)
+    policies = [(f"account {account!r}", account_policy(conn, account)),
+                (f"trunk {trunk.name!r}", trunk_policy(trunk))]  # fmt: skip
+
+    def check(phone: str) -> str | None:
+        return refusal(phone, policies)
+
+    return check
+
+
+# -- script prompts -----------------------------------------------------------------------
+
+
+def insert_prompts(
+    conn: Connection, campaign_id: int, prompts: dict[str, tuple[str, bytes]]
+) -> None:
+    """name -> (sha256, content), as validated at create."""
+    if prompts:
+        conn.execute(
+            insert(PROMPT),
+            [{"campaign_id": campaign_id, "name": name, "sha256": sha, "content": data}
+             for name, (sha, data) in sorted(prompts.items())],
+        )  # fmt: skip
+
+
+def campaign_prompts(conn: Connection, campaign_id: int) -> dict[str, tuple[str, bytes]]:
+    rows = conn.execute(
+        select(PROMPT.c.name, PROMPT.c.sha256, PROMPT.c.content).where(
+            PROMPT.c.campaign_id == campaign_id
+        )
+    )
+    return {r.name: (r.sha256, bytes(r.content)) for r in rows}
 
 
 MAX_TRUNKS_PER_LINE = 7  # pjsua's 8 accounts per process, one kept for inbound calls
@@ -150,6 +240,8 @@ class ClaimResult:
     contacts: list[Claimed]
     gate_open: bool
     gate_reason: str = ""
+    #: (contact id, phone, why) finished without a call: the number policy refused them
+    refused: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 def claim_contacts(
@@ -201,8 +293,12 @@ def claim_contacts(
         ).scalars()
     )
     dnc = [r for r in due if r.phone in blocked]
-    closed = [r for r in due if r.phone not in blocked and not is_open(r.timezone)]
-    ready = [r for r in due if r.phone not in blocked and is_open(r.timezone)]
+    # the policies as they are now: one tightened after the import holds before the dial
+    check = number_refusal(conn, campaign.account, campaign.trunk_id)
+    why = {r.id: check(r.phone) for r in due if r.phone not in blocked}
+    refused = [r for r in due if why.get(r.id)]
+    closed = [r for r in due if r.id in why and not why[r.id] and not is_open(r.timezone)]
+    ready = [r for r in due if r.id in why and not why[r.id] and is_open(r.timezone)]
 
     def lock(rows: list[Any], most: int | None = None) -> list[Any]:
         """The rows still claimable that no other transaction holds (PostgreSQL: SKIP
@@ -223,6 +319,16 @@ def claim_contacts(
             .where(CONTACT.c.id == row.id)
             .values(state=DONE, last_disposition="dnc", lease_owner=None, lease_until=None)
         )
+    refusals: list[tuple[int, str, str]] = []
+    for row in lock(refused):
+        reason = str(why[row.id])
+        conn.execute(
+            update(CONTACT)
+            .where(CONTACT.c.id == row.id)
+            .values(state=DONE, last_disposition=NUMBER_POLICY, last_reason=reason[:255],
+                    lease_owner=None, lease_until=None)
+        )  # fmt: skip
+        refusals.append((row.id, row.phone, reason))
     for row in lock(closed):
         conn.execute(
             update(CONTACT)
@@ -245,7 +351,7 @@ def claim_contacts(
             Claimed(row.id, row.phone, row.timezone, row.attempts + 1, dict(row.attributes or {}))
         )
     budget.spend(conn, len(claimed))
-    return ClaimResult(claimed, True)
+    return ClaimResult(claimed, True, refused=refusals)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -17,6 +19,7 @@ from dialer.campaign_state import (
     Status,
     transition,
 )
+from dialer.contacts import ParsedFile, parse_contacts, transfer_after
 from dialer.errors import DialerError
 from dialer.pacing import TokenBucket, burst_of, shared_tokens
 from dialer.retry import Disposition, RetryPolicy, Rule
@@ -196,3 +199,72 @@ def test_a_shared_bucket_never_grants_more_than_its_rate(
             tokens, last = available - take, max(now, last)
     covered = last
     assert granted <= burst_of(rate) + rate * covered + 1e-6
+
+
+# -- contact columns (dialer.contacts) ----------------------------------------------------
+
+
+def _import(tmp_path: Path, text: str) -> ParsedFile:
+    path = tmp_path / "contacts.csv"
+    path.write_text(text)
+    return parse_contacts(path, "UTC")
+
+
+def test_every_contact_column_is_checked_at_import(tmp_path: Path) -> None:
+    parsed = _import(
+        tmp_path,
+        "phone,transfer_after,name\n"
+        "+14155550101,abc,Ann\n"
+        "+14155550102,0,Bob\n"
+        "+14155550103,nan,Cid\n"
+        "+14155550104,86401,Dan\n"
+        "+14155550105,12.5,Eve\n"
+        "+14155550106,30,Fay\n"
+        f"+14155550107,,{'x' * 501}\n"
+        '+14155550108,,"bell\x07"\n'
+        f"{'1' * 65},,long\n"
+        "+14155550109,,\n",
+    )
+    assert parsed.problems == [
+        "line 2: transfer_after must be seconds in (0, 86400], got 'abc'",
+        "line 3: transfer_after must be seconds in (0, 86400], got '0'",
+        "line 4: transfer_after must be seconds in (0, 86400], got 'nan'",
+        "line 5: transfer_after must be seconds in (0, 86400], got '86401'",
+        "line 8: column 'name': longer than 500 characters",
+        "line 9: column 'name': control characters in 'bell\\x07'",
+        f"line 10: bad phone number '{'1' * 40}... (65 characters)': too long",
+    ]
+    assert [(c.phone, c.attributes) for c in parsed.contacts] == [
+        ("+14155550105", {"transfer_after": 12.5, "name": "Eve"}),
+        ("+14155550106", {"transfer_after": 30, "name": "Fay"}),
+        ("+14155550109", {}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("phone," + ",".join(f"c{n}" for n in range(50)), "51 columns, at most 50"),
+        ("phone,na\x1bme", "bad column name 'na\\x1bme'"),
+        ("phone," + "n" * 65, "bad column name 'nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn..."),
+        ("phone,name,Name", "column 'name' appears twice"),
+    ],
+)
+def test_bad_header_rows_import_nothing(tmp_path: Path, header: str, message: str) -> None:
+    with pytest.raises(DialerError, match=re.escape(message)) as refused:
+        _import(tmp_path, header + "\n+14155550101\n")
+    assert str(refused.value).endswith("; nothing imported")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), ("", None), ("15", 15.0), (15, 15.0), (0.5, 0.5), ("abc", "refused"),
+     ("-1", "refused"), ("inf", "refused"), (True, "refused"), ([1], "refused")],
+)  # fmt: skip
+def test_transfer_after_read_back_from_the_database(value: object, expected: object) -> None:
+    """The worker's reading of the column: whatever got into the database."""
+    try:
+        seconds: object = transfer_after({"transfer_after": value})
+    except DialerError:
+        seconds = "refused"
+    assert seconds == expected
