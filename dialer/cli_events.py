@@ -1,16 +1,24 @@
-"""CLI: `dialer events [--follow] [--account A] [--json]`: the MQTT event stream."""
+"""CLI: `dialer events [--follow] [--account A] [--json]`: the MQTT event stream.
+
+What it prints comes partly from customers (their commands, campaign and contact names),
+so every topic, key and value loses its control characters (C0, DEL, C1: no escape
+sequence, no `\\x9b` CSI, not even a tab or newline inside a field reaches the terminal)
+and the human lines are Rich ``Text``, never markup: a payload's ``[red]`` or ``:smile:``
+is printed as it is.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import re
 from typing import Annotated, Any
 
 import aiomqtt
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from dialer.cli import app, emit_json, settings
 from dialer.errors import DialerError
@@ -18,6 +26,7 @@ from dialer.events import PREFIX
 from dialer.mqtt import client_for
 
 QUIET_SECONDS = 1.0  # without --follow: what is retained arrives at once
+CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @app.command("events")
@@ -41,7 +50,8 @@ async def _follow(cfg: Any, account: str | None, follow: bool, as_json: bool,
                   out: Console) -> None:  # fmt: skip
     password = cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None
     client = client_for(cfg.mqtt.url, username=cfg.mqtt.username, password=password,
-                        tls=cfg.mqtt.tls, ca_file=cfg.mqtt.ca_file)  # fmt: skip
+                        tls=cfg.mqtt.tls, ca_file=cfg.mqtt.ca_file,
+                        max_packet=cfg.mqtt.max_packet_bytes)  # fmt: skip
     try:
         async with client:
             await client.subscribe(f"{PREFIX}/{account or '+'}/#", qos=1)  # workers/ too
@@ -57,16 +67,28 @@ async def _follow(cfg: Any, account: str | None, follow: bool, as_json: bool,
         raise DialerError(f"MQTT broker {cfg.mqtt.url}: {exc}") from None
 
 
+def clean(value: Any) -> Any:
+    """``value`` (decoded JSON) with the control characters of every string removed."""
+    if isinstance(value, str):
+        return CONTROLS.sub("", value)
+    if isinstance(value, dict):
+        return {clean(str(k)): clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
+
+
 def _print(message: aiomqtt.Message, as_json: bool, out: Console) -> None:
-    topic = str(message.topic)
+    topic = clean(str(message.topic))
     raw = message.payload if isinstance(message.payload, bytes | bytearray) else b""
     try:
-        body: Any = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        body = raw.decode(errors="replace")
+        body: Any = clean(json.loads(raw))
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, huge numbers
+        body = clean(raw.decode(errors="replace"))
     if as_json:
         emit_json({"topic": topic, "retained": bool(message.retain), "payload": body})
         return
+    line = Text()
     if isinstance(body, dict):
         kind = body.get("type", "?")
         at = str(body.get("at", ""))[11:23]
@@ -74,8 +96,9 @@ def _print(message: aiomqtt.Message, as_json: bool, out: Console) -> None:
         details = " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
                            for k, v in rest.items() if v is not None)  # fmt: skip
         mark = " (retained)" if message.retain else ""
-        out.print(f"{at} [bold]{escape(kind)}[/]{mark} {escape(details)}")
+        line.append(f"{at} ").append(str(kind), style="bold").append(f"{mark} {details}")
     else:
-        out.print(f"{escape(topic)}: {escape(str(body))}")
+        line.append(f"{topic}: {body}")
+    out.print(line)
     with contextlib.suppress(Exception):
         out.file.flush()
