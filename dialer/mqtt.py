@@ -311,7 +311,7 @@ class MqttBridge:
             except aiomqtt.MqttError:
                 raise
             except Exception:  # a bug in one command must not stop the others
-                log.exception("mqtt command failed", topic=str(message.topic))
+                log.exception("mqtt command failed", topic=cut(str(message.topic), 200))
 
     async def _command(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         self.commands += 1

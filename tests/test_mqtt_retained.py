@@ -63,7 +63,7 @@ async def test_a_retained_command_is_never_executed(
                 await publisher.publish(OP_TOPIC, json.dumps(
                     {**TOPUP, "request_id": "live"}).encode(), qos=1, retain=True)  # fmt: skip
                 async for message in publisher.messages:
-                    reply = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                    reply = json.loads(bytes(message.payload))
                     break
                 assert not reply["ok"] and "retained" in reply["error"], reply
                 assert mqtt.retained >= 1 and mqtt.refused == 1
