@@ -258,3 +258,93 @@ class SimProcess:
                 self.process.kill()
                 self.process.wait()
         assert self.process.returncode == 0, f"dialer sim exited with {self.process.returncode}"
+
+
+def mulaw_tone(hz: float = 1000.0, amplitude: int = 8000, samples: int = 160) -> bytes:
+    """``samples`` of a sine at 8 kHz, G.711 mu-law (PCMU payload)."""
+    import math
+
+    def encode(sample: int) -> int:
+        sign = 0x80 if sample < 0 else 0
+        magnitude = min(abs(sample), 32635) + 0x84
+        exponent = max(0, magnitude.bit_length() - 8)
+        mantissa = (magnitude >> (exponent + 3)) & 0x0F
+        return ~(sign | (exponent << 4) | mantissa) & 0xFF
+
+    return bytes(
+        encode(int(amplitude * math.sin(2 * math.pi * hz * n / 8000))) for n in range(samples)
+    )
+
+
+MULAW_SILENCE = b"\xff" * 160
+
+
+class RtpPeer:
+    """A raw RTP endpoint on 127.0.0.1: sends PCMU (``burst`` packets every 20 ms) to
+    ``target`` while ``sending`` is set, and records who sent it what."""
+
+    def __init__(self, payload: bytes = MULAW_SILENCE, burst: int = 1, ssrc: int = 0) -> None:
+        import threading
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.port = int(self.sock.getsockname()[1])
+        self.payload = payload
+        self.burst = burst
+        self.ssrc = ssrc or (0x5EC0_0000 | self.port)
+        self.target: tuple[str, int] | None = None
+        self.sending = threading.Event()
+        self.received: list[tuple[str, int]] = []  # source of each datagram, in order
+        self.sent = 0
+        self._changed = threading.Condition()
+        self._closed = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._receive, daemon=True),
+            threading.Thread(target=self._send, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _receive(self) -> None:
+        while not self._closed.is_set():
+            try:
+                _, source = self.sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._changed:
+                self.received.append(source)
+                self._changed.notify_all()
+
+    def _send(self) -> None:
+        import struct
+
+        seq, stamp = 1, 0
+        while not self._closed.is_set():
+            if self.sending.wait(0.05) and self.target is not None:
+                for _ in range(self.burst):
+                    header = struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, stamp, self.ssrc)
+                    with contextlib.suppress(OSError):
+                        self.sock.sendto(header + self.payload, self.target)
+                    self.sent += 1
+                    seq, stamp = seq + 1, stamp + 160
+                time.sleep(0.02)
+
+    def wait_received(self, count: int, within: float = 15) -> tuple[str, int]:
+        """Until ``count`` datagrams arrived in all; the source of the last one."""
+        deadline = time.monotonic() + within
+        with self._changed:
+            while len(self.received) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"RTP peer got {len(self.received)} of {count} packets")
+                self._changed.wait(remaining)
+            return self.received[-1]
+
+    def close(self) -> None:
+        self._closed.set()
+        for thread in self._threads:
+            thread.join(2)
+        self.sock.close()
