@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from billing.ledger import Ledger
 from billing.storage import Database
@@ -15,26 +14,10 @@ from dialer.config import MqttConfig, OpsConfig, Settings
 from dialer.events import EventBuffer, Events
 from dialer.mqtt import MqttBridge
 from dialer.ops import OpsServer
-from dialer.worker import Worker
+from dialer.worker import Worker, trunk_configs
 from sip.pool import LinePool, PoolConfig
-from sip.protocol import TrunkConfig
 
 WORKER_COMMAND_TIMEOUT = 60.0
-
-
-def trunk_configs(rows: list[Any]) -> tuple[TrunkConfig, ...]:
-    return tuple(
-        TrunkConfig(
-            name=r.name,
-            kind=r.kind,
-            uri=r.uri,
-            outbound_proxy=r.outbound_proxy,
-            username=r.username,
-            password=r.password,
-            registers=r.registers,
-        )
-        for r in rows
-    )
 
 
 @contextlib.asynccontextmanager

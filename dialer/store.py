@@ -532,6 +532,44 @@ def reconcile_abandoned(
     return settled
 
 
+def settle_call(
+    conn: Connection,
+    call_id: str,
+    contact_id: int,
+    worker: str,
+    now: datetime,
+    retry: dict[str, Any],
+) -> dict[str, int]:
+    """One call whose session failed, settled at once as recovery would: its CDR closed
+    `interrupted`, billed what the ledger holds; its contact (if this worker still holds
+    it) done when the call was answered, else retried per the campaign's policy.
+    Returns the billed seconds per counter."""
+    call = conn.execute(
+        select(CALL.c.answered_at, CALL.c.ended_at).where(CALL.c.call_id == call_id)
+    ).first()
+    billed = call_debits(conn, call_id)
+    answered = any(billed.values()) or (call is not None and call.answered_at is not None)
+    if call is not None and call.ended_at is None:
+        conn.execute(
+            update(CALL).where(CALL.c.call_id == call_id).values(
+                ended_at=now, disposition=Disposition.INTERRUPTED.value, hangup_by="worker",
+                billed_telephony_seconds=billed[Counter.TELEPHONY],
+                billed_speech_seconds=billed[Counter.SPEECH],
+            )
+        )  # fmt: skip
+    attempts = conn.execute(
+        select(CONTACT.c.attempts).where(held_by(contact_id, worker))
+    ).scalar_one_or_none()
+    if attempts is not None:
+        retry_at = None
+        if not answered:
+            retry_at = RetryPolicy.from_json(retry).next_attempt(
+                Disposition.INTERRUPTED, attempts, now
+            )
+        release_contact(conn, contact_id, Disposition.INTERRUPTED.value, retry_at, worker)
+    return {c.value: s for c, s in billed.items()}
+
+
 def extend_leases(conn: Connection, contact_ids: list[int], until: datetime, worker: str) -> None:
     if contact_ids:
         conn.execute(

@@ -10,6 +10,16 @@ the contact is released (done, or retried per disposition).
 A debit that leaves a charged counter <= 0 pauses every campaign of the account; calls
 that are up continue to their natural end and keep being billed. The gate in the claim
 transaction makes sure no INVITE leaves for the account afterwards.
+
+Clocks: the meter, the increment deadlines and the script's timers run on the monotonic
+clock (the line stamps its events with CLOCK_MONOTONIC, ``mono``, the same clock as this
+process's ``time.monotonic()``); wall time is only written down (CDR and ledger times). A
+wall clock stepped by an hour mid-call once billed 3,630 s for a 20 s call.
+
+Trunks added or changed while the worker runs reach the line pool at the next refresh
+(``LinePool.reconfigure``: lines are replaced as their calls end). A running campaign that
+cannot dial says why: ``blocked_reason`` in its row (``campaign status``: ``blocked``) and
+a ``campaign.blocked`` event, cleared at its next call.
 """
 
 from __future__ import annotations
@@ -41,17 +51,22 @@ from billing.tariff import Counter, TrunkKind
 from dialer import store
 from dialer.campaign_state import Action, CampaignState, transition
 from dialer.campaigns import campaign_status, pause_for_balance, status_of
+from dialer.contacts import transfer_after
+from dialer.errors import DialerError
 from dialer.events import Events
+from dialer.inbound import InboundRecords, caller_of
 from dialer.pacing import TokenBucket
 from dialer.retry import Disposition, RetryPolicy
 from dialer.script import GREETING, Say, Script, script_of
 from dialer.script_run import HangUp, LineAction, Play, ScriptRun, StartTransfer
 from dialer.tts import synthesise
 from dialer.windows import CallingWindow, parse_zone
-from sip.pool import DialOutcomeUnknown, LinePool, PoolError
+from sip.pool import DialOutcomeUnknown, DialRefused, LinePool, PoolError
+from sip.protocol import TrunkConfig
 from sip.recognizer import private_temp_dir
 
 log = structlog.get_logger("dialer.worker")
+EPOCH = datetime(1970, 1, 1)
 T = TypeVar("T")
 
 REFRESH_SECONDS = 0.5
@@ -64,6 +79,9 @@ PAUSE_AGAIN_SECONDS = 2.0
 TICK_GRACE = 0.25  # s after an increment boundary before it is taken (see _run_session)
 METERED = frozenset({"answered", "agent_answered", "agent_ended", "hangup", "failed",
                      "interrupted"})  # fmt: skip
+#: an event without ``mono`` (an older line): its wall stamp says how old it is, trusted
+#: only up to this (a clock step in between must not move the bill by more)
+MAX_EVENT_AGE = 5.0
 OUTAGE_FIRST_RETRY = 0.25  # database unavailable: retry writes, back off to ...
 OUTAGE_MAX_RETRY = 5.0
 
@@ -90,6 +108,40 @@ def session_audio(run: ScriptRun, block: str) -> str:
 
 def wall(at: float | None) -> datetime | None:
     return None if at is None else datetime.fromtimestamp(at, UTC).replace(tzinfo=None)
+
+
+def wall_of(mono: float) -> datetime | None:
+    """The wall time of a monotonic instant, on the wall clock as it is now."""
+    return wall(time.time() - (time.monotonic() - mono))
+
+
+def event_mono(event: dict[str, Any]) -> float:
+    """When the line says the event happened, on the monotonic clock."""
+    now = time.monotonic()
+    mono = event.get("mono")
+    if isinstance(mono, int | float) and not isinstance(mono, bool) and math.isfinite(mono):
+        return min(float(mono), now)  # never in the future
+    at = event.get("at")
+    if isinstance(at, int | float) and not isinstance(at, bool) and math.isfinite(at):
+        age = time.time() - float(at)
+        if 0.0 <= age <= MAX_EVENT_AGE:
+            return now - age
+    return now
+
+
+def trunk_configs(rows: list[Any]) -> tuple[TrunkConfig, ...]:
+    return tuple(
+        TrunkConfig(
+            name=r.name,
+            kind=r.kind,
+            uri=r.uri,
+            outbound_proxy=r.outbound_proxy,
+            username=r.username,
+            password=r.password,
+            registers=r.registers,
+        )
+        for r in rows
+    )
 
 
 def greeting_wav(folder: Path) -> Path:
@@ -137,13 +189,15 @@ class Session:
     contact: store.Claimed
     trunk_kind: TrunkKind
     meter: CallMeter
-    invite_at: float
+    invite_at: float  # wall (the CDR)
+    invite_mono: float = 0.0
     events: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     cdr: dict[str, Any] = field(default_factory=dict)
     line: str | None = None
     task: asyncio.Task[None] | None = None
     run: ScriptRun | None = None
-    answered_at: float | None = None
+    answered_at: float | None = None  # monotonic
+    answered_wall: float | None = None
 
 
 class Worker:
@@ -171,6 +225,9 @@ class Worker:
         self._preparing: dict[tuple[int, str | None], asyncio.Task[None]] = {}
         self._retry_at: dict[tuple[int, str | None], float] = {}
         self.ring_timeout = ring_timeout
+        self.inbound = InboundRecords()
+        self.inbound_unrecorded = 0  # refused inbound calls left without a CDR (metrics)
+        self._inbound_summary_at = time.monotonic()
         self.sessions: dict[str, Session] = {}
         # answered event -> first debit committed (s); bounded: a worker runs for months
         self.billing_lag: deque[float] = deque(maxlen=100_000)
@@ -195,6 +252,11 @@ class Worker:
         self._states_seen = False
         self._paused_accounts: set[str] = set()
         self._refreshed = 0.0
+        pool_config = getattr(pool, "config", None)
+        #: the trunks the pool's lines are configured with (or being replaced to carry)
+        self._trunks: tuple[TrunkConfig, ...] = tuple(getattr(pool_config, "trunks", ()))
+        self._trunk_problem: str | None = None  # why the trunks in use cannot be carried
+        self._blocked: dict[int, str | None] = {}  # campaign id: the reason written
         ledger.subscribe(self._on_signal)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -263,7 +325,34 @@ class Worker:
 
     # -- dialing --------------------------------------------------------------------------
 
+    async def _refresh_trunks(self) -> None:
+        """Trunks added or changed since the lines started: the pool takes the new set
+        (LinePool.reconfigure: each line is replaced once it carries no call)."""
+        try:
+            rows = await self.db.run(store.trunks_in_use, write=False)
+        except DialerError as exc:  # more trunks than a line carries: keep the current set
+            self._trunk_problem = first_line(exc)
+            return
+        self._trunk_problem = None
+        wanted = trunk_configs(list(rows))
+        if wanted != self._trunks:
+            log.info("trunks changed: lines take them as their calls end",
+                     trunks=[t.name for t in wanted])  # fmt: skip
+            self.pool.reconfigure(wanted)
+            self._trunks = wanted
+
+    async def _block(self, row: Any, reason: str | None) -> None:
+        """Say (once per reason) why a running campaign cannot dial; None: it can again."""
+        if self._blocked.get(row.id, row.blocked_reason) == reason:
+            return
+        self._blocked[row.id] = reason
+        await self.db.run(functools.partial(store.set_blocked, campaign_id=row.id, reason=reason))
+        if reason is not None:
+            log.error("campaign blocked", campaign=row.name, reason=reason)
+        self._emit("campaign.blocked", account=row.account, campaign=row.name, reason=reason)
+
     async def _refresh(self) -> None:
+        await self._refresh_trunks()
         rows = await self.db.run(store.running_campaigns, write=False)
         fresh: dict[int, CampaignView] = {}
         for row in rows:
@@ -284,6 +373,7 @@ class Worker:
                 )
             except Exception as exc:  # one unusable campaign must not stop the others
                 self._unusable(row.name, exc)
+                await self._block(row, f"unusable: {first_line(exc)}")
         self.campaigns = fresh
         self._refreshed = time.monotonic()
         if self.events is not None:
@@ -348,6 +438,8 @@ class Worker:
             log.error("campaign script unusable: not dialling it yet", campaign=row.name,
                       error=first_line(exc), retry_in=SCRIPT_RETRY_SECONDS)  # fmt: skip
             self._retry_at[key] = time.monotonic() + SCRIPT_RETRY_SECONDS
+            with contextlib.suppress(Exception):
+                await self._block(row, f"script unusable: {first_line(exc)}")
         finally:
             self._preparing.pop(key, None)
 
@@ -412,6 +504,7 @@ class Worker:
                 raise
             except Exception as exc:  # one campaign's trouble must not stop the others
                 self._unusable(view.row.name, exc)
+                await self._block(view.row, f"unusable: {first_line(exc)}")
 
     def _unusable(self, campaign: str, exc: Exception) -> None:
         """Log a campaign that cannot be dialled now, once per kind of trouble."""
@@ -430,6 +523,10 @@ class Worker:
 
     async def _dial_campaign(self, view: CampaignView) -> None:
         row = view.row
+        if view.trunk_name not in {t.name for t in self._trunks}:
+            why = self._trunk_problem or "not loaded"
+            await self._block(row, f"trunk {view.trunk_name!r} not carried: {why}")
+            return
         # a local first look (saves claims that cannot succeed); the claim itself applies
         # the trunk's and campaign's limits all workers share, as the database has them
         room = min(row.max_concurrent - self._active(campaign_id=row.id), self.pool.free_slots)
@@ -457,6 +554,11 @@ class Worker:
 
         seen = self._exhaustions.get(row.account, 0)
         result = await self.db.run(claim)
+        for contact_id, phone, why in result.refused:
+            log.warning("number refused by policy: not dialled", campaign=row.name,
+                        contact=contact_id, reason=why)  # fmt: skip
+            self._emit("contact.refused", account=row.account, campaign=row.name,
+                       contact=contact_id, phone=phone, reason=why)  # fmt: skip
         if not result.gate_open:
             log.warning("balance gate closed", account=row.account, reason=result.gate_reason)
             await self._pause_account(row.account, durable=False)
@@ -499,6 +601,7 @@ class Worker:
             trunk_kind=view.trunk_kind,
             meter=CallMeter(self.ledger.tariff, view.trunk_kind),
             invite_at=time.time(),
+            invite_mono=time.monotonic(),
             run=ScriptRun(view.script, view.audio),
         )
         session.cdr = {
@@ -532,7 +635,7 @@ class Worker:
             self._undialled.pop(contact.contact_id, None)
             session.task = asyncio.create_task(self._run_session(session), name=call_id)
             session.events.put_nowait({"event": "interrupted", "call_id": call_id,
-                                       "at": time.time()})  # fmt: skip
+                                       "at": time.time(), "mono": time.monotonic()})  # fmt: skip
             return True
         except BaseException as exc:
             self.sessions.pop(call_id, None)
@@ -540,12 +643,15 @@ class Worker:
                 # no INVITE left: the attempt does not count; the contact is given back
                 # (its CDR forgotten) with the rest of the batch
                 log.warning("dial refused", call_id=call_id, error=str(exc))
+                if isinstance(exc, DialRefused | ValueError):  # not a full pool: say why
+                    await self._block(row, f"dial refused: {first_line(exc)}")
                 return False
             raise
         self._undialled.pop(contact.contact_id, None)
         session.task = asyncio.create_task(self._run_session(session), name=call_id)
         session.cdr["line"] = session.line
         self.placed += 1
+        await self._block(row, None)
         self._emit("call.dialing", session, phone=contact.phone, attempt=contact.attempt)
         return True
 
@@ -666,7 +772,7 @@ class Worker:
                     increment=debit.increment,
                     campaign=session.campaign.name,
                     contact=session.contact.phone,
-                    at=wall(at),  # when it fell due, even if written after an outage
+                    at=wall_of(at),  # when it fell due, even if written after an outage
                 ),
                 session,
             )
@@ -692,11 +798,19 @@ class Worker:
                 log.info(event["event"], **{k: v for k, v in event.items() if k != "event"})
 
     async def _record_inbound(self, event: dict[str, Any]) -> None:
-        """Campaign bots take no calls: the line refused it; it is recorded, never billed."""
+        """Campaign bots take no calls: the line refused it; it is recorded (at a bounded
+        rate: a flood of INVITEs is not a flood of rows), never billed."""
+        if not self.inbound.admit(time.monotonic()):
+            self.inbound_unrecorded += 1
+            if time.monotonic() - self._inbound_summary_at >= 60:
+                self._inbound_summary_at = time.monotonic()
+                log.warning("inbound calls rejected without a record (rate limit)",
+                            count=self.inbound.take_dropped())  # fmt: skip
+            return
         at = wall(float(event.get("at") or time.time()))
         cdr = {
             "call_id": f"in-{uuid.uuid4().hex[:12]}", "account": "",
-            "phone": str(event.get("from", ""))[:64],
+            "phone": caller_of(event.get("from")),
             "direction": "inbound", "trunk_kind": "", "invite_at": at, "ended_at": at,
             "sip_status": event.get("status"), "disposition": Disposition.INBOUND_REJECTED.value,
             "hangup_by": "local", "line": event.get("line"),
@@ -720,7 +834,7 @@ class Worker:
                     d for d in (due and due + TICK_GRACE, transfer_at, hangup_at, run.deadline)
                     if d
                 ]  # fmt: skip
-                timeout = max(0.0, min(deadlines) - time.time()) if deadlines else None
+                timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
                 try:
                     # events already queued first (after a stall, a zero timeout would
                     # fire before them)
@@ -731,7 +845,7 @@ class Worker:
                     except TimeoutError:
                         event = None
                 if event is None:
-                    now = self._meter_time(session, time.time())
+                    now = self._meter_time(session, time.monotonic())
                     if due is not None and now >= due + TICK_GRACE:  # not on other timers
                         await self._debit(session, session.meter.tick(now), now)
                     await self._act(session, run.timer(now), log_)
@@ -745,28 +859,31 @@ class Worker:
                             await self.pool.hangup(session.call_id, "max call seconds")
                     continue
                 name = event["event"]
-                at = float(event.get("at") or time.time())
+                at = event_mono(event)  # the meter's and the script's clock
+                stamp = event.get("at")  # the line's wall clock: the CDR's times
+                stamped = wall(float(stamp)) if isinstance(stamp, int | float) else None
                 if name in METERED:
                     at = self._meter_time(session, at)
                 if name == "speech":
                     await self._act(session, run.speech(event, at), log_)
                 elif name == "ringing":
-                    session.cdr["ringing_at"] = wall(at)
+                    session.cdr["ringing_at"] = stamped or wall_of(at)
                     self._emit("call.ringing", session, status=event.get("status"))
                 elif name == "answered":
                     session.answered_at = at
-                    session.cdr["answered_at"] = wall(at)
+                    session.cdr["answered_at"] = stamped or wall_of(at)
+                    session.answered_wall = (session.cdr["answered_at"] - EPOCH).total_seconds()
                     self._emit("call.answered", session)
                     await self._debit(session, session.meter.answered(at), at)
-                    self.billing_lag.append(time.time() - at)
+                    self.billing_lag.append(time.monotonic() - at)
                     await self._save_cdr(dict(session.cdr))  # live status: calls up count
                     log_.info("answered")
                     await self._act(session, run.answered(at), log_)
                     hangup_at = at + session.campaign.max_call_seconds
                     # kept from before call scripts: a contact column `transfer_after`
-                    after = session.contact.attributes.get("transfer_after")
+                    after = self._transfer_after(session, log_)
                     if session.campaign.agent_uri and after:
-                        transfer_at = at + float(after)
+                        transfer_at = at + after
                 elif name == "play_done":
                     await self._act(session, run.play_done(at), log_)
                 elif name == "agent_answered":
@@ -781,6 +898,9 @@ class Worker:
                     await self._debit(session, session.meter.agent_ended(at), at)
                     self._emit("call.transfer", session, segment="bot", mode="bridge")
                     await self._act(session, run.agent_ended(at), log_)
+                elif name == "error" and event.get("security"):  # e.g. RTP from a stranger
+                    log_.warning("media security", kind=event["security"],
+                                 message=event.get("message"))  # fmt: skip
                 elif name == "error":
                     log_.warning("line could not do it", message=event.get("message"))
                     block = run.block
@@ -788,18 +908,48 @@ class Worker:
                         self._forget_prompt(session_audio(run, block.name))
                     await self._act(session, run.line_error(at), log_)
                 elif name in ("hangup", "failed", "interrupted"):
-                    await self._finish(session, event, at)
+                    await self._finish(session, event, at, stamped)
                     log_.info("call ended", disposition=session.cdr["disposition"])
                     return
         except Exception:
-            # never leave a call up that nobody bills: hang it up; the CDR stays open
-            # and recovery settles it from the ledger
-            log_.exception("call session failed: hanging up")
+            # never leave a call up that nobody bills, nor its CDR open and its contact
+            # in progress: hang it up and settle it now from what the ledger holds
+            log_.exception("call session failed: hanging up and settling it")
             with contextlib.suppress(Exception):
                 await self.pool.hangup(session.call_id, "session failed")
-            raise
+            await self._settle_failed(session, log_)
         finally:
             self.sessions.pop(session.call_id, None)
+
+    @staticmethod
+    def _transfer_after(session: Session, log_: Any) -> float | None:
+        """The contact's `transfer_after`, checked as at import: a bad value that got
+        into the database anyway is ignored (logged), never a failed call."""
+        try:
+            return transfer_after(session.contact.attributes)
+        except DialerError as exc:
+            log_.warning("contact attribute ignored", error=str(exc))
+            return None
+
+    async def _settle_failed(self, session: Session, log_: Any) -> None:
+        """A session that failed: its CDR closed (`interrupted`, billed what the ledger
+        holds) and its contact released, as recovery would, but at once."""
+        now = utcnow()
+        retry = session.campaign.retry
+
+        def settle(conn: Connection) -> dict[str, int]:
+            return store.settle_call(conn, session.call_id, session.contact.contact_id,
+                                     self.worker_id, now, retry)  # fmt: skip
+
+        try:
+            billed = await self._durably("failed call settlement", lambda: self.db.run(settle),
+                                         session)  # fmt: skip
+        except Exception:  # recovery settles it at the next start (same worker id)
+            log_.exception("could not settle the failed call")
+            return
+        self.dispositions[Disposition.INTERRUPTED.value] += 1
+        self._emit("call.ended", session, disposition=Disposition.INTERRUPTED.value,
+                   sip_status=None, hangup_by="worker", billed_seconds=billed)  # fmt: skip
 
     async def _act(self, session: Session, actions: list[LineAction], log_: Any) -> None:
         """Carry out what the script asks of the line (a call already gone is no error)."""
@@ -815,7 +965,7 @@ class Worker:
                 elif isinstance(action, HangUp):
                     if action.machine is not None:
                         decision = action.machine
-                        after = time.time() - (session.answered_at or time.time())
+                        after = time.monotonic() - (session.answered_at or time.monotonic())
                         session.cdr["amd_reason"] = (
                             f"{decision.signal}: {decision.reason}"
                             + (f" (score {decision.score:g})" if decision.score else "")
@@ -837,13 +987,15 @@ class Worker:
 
         await self._durably("call record", lambda: self.db.run(save))
 
-    async def _finish(self, session: Session, event: dict[str, Any], at: float) -> None:
+    async def _finish(
+        self, session: Session, event: dict[str, Any], at: float, stamped: datetime | None = None
+    ) -> None:
         name = event["event"]
         answered = session.meter.answered_at_ms is not None
         if answered:
             await self._debit(session, session.meter.hangup(at), at)
         else:
-            session.meter.hangup(max(at, session.invite_at))
+            session.meter.hangup(max(at, session.invite_mono))
         if name == "interrupted":
             disposition = Disposition.INTERRUPTED
         elif session.run is not None and session.run.amd.machine is not None and answered:
@@ -852,12 +1004,15 @@ class Worker:
             disposition = Disposition.ANSWERED
         else:
             disposition = disposition_of_failure(event)
+        # monotonic spans, written as wall times from the answer's wall stamp
+        shift = (session.answered_wall or 0.0) - (session.answered_at or 0.0)
         segments = [
-            {"kind": s.kind.value, "start": s.start_ms / 1000, "end": s.end_ms / 1000}
+            {"kind": s.kind.value, "start": round(s.start_ms / 1000 + shift, 3),
+             "end": round(s.end_ms / 1000 + shift, 3)}
             for s in session.meter.segments()
-        ]
+        ]  # fmt: skip
         session.cdr |= {
-            "ended_at": wall(at),
+            "ended_at": stamped or wall_of(at),
             "sip_status": event.get("status"),
             "disposition": disposition.value,
             "hangup_by": event.get("by") if name != "interrupted" else "line",

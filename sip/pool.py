@@ -16,6 +16,11 @@
   process takes its place (same ports).
 * Closing the pool shuts every line down: each hangs up its calls (BYE, or CANCEL for
   unanswered ones) before it exits; a line that does not exit in time is killed.
+* ``reconfigure(trunks)`` (trunks added or changed while running): a line process takes
+  its trunks once, at ``configure`` (pjsua accounts, registrations), so each line is
+  replaced by one with the new set, on the same ports: an idle line at once, a busy one
+  takes no new call and is replaced when its last call ends. No call up is dropped;
+  while lines drain, the pool has fewer free slots.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -129,6 +134,7 @@ class _Line:
     sip_port: int = 0
     restarts: int = 0
     restarting: bool = False
+    stale: bool = False  # runs an older trunk set: no new calls, replaced once idle
 
     @property
     def name(self) -> str:
@@ -136,7 +142,7 @@ class _Line:
 
     @property
     def room(self) -> int:
-        return self.free - self.pending if self.alive else 0
+        return self.free - self.pending if self.alive and not self.stale else 0
 
 
 class LinePool:
@@ -165,7 +171,52 @@ class LinePool:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def reconfigure(self, trunks: tuple[TrunkConfig, ...]) -> None:
+        """Carry these trunks from now on (see the module's notes: lines are replaced,
+        busy ones once their calls end)."""
+        self.config = replace(self.config, trunks=tuple(trunks))
+        for line in self._lines:
+            line.config = self.config.line_config(line.index)
+            line.stale = True
+        self._rotate()
+
+    def _rotate(self) -> None:
+        """Replace the stale lines that carry nothing now."""
+        if self._closing:
+            return
+        for line in self._lines:
+            idle = not line.calls and line.pending == 0
+            if line.stale and line.alive and not line.restarting and idle:
+                line.alive = False  # no dial picks it from here on
+                line.restarting = True
+                task = asyncio.create_task(self._replace(line))
+                self._restarting.add(task)
+                task.add_done_callback(self._restarting.discard)
+
+    async def _replace(self, line: _Line) -> None:
+        process = line.process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(PoolError):
+                self._send(line, Shutdown())
+            self._flush(line)
+            if process.stdin is not None:
+                process.stdin.close()
+        await self._wait_exit(line)  # its ports are free again
+        try:
+            await self._start(line)
+        except (PoolError, OSError) as exc:
+            log.error("line replacement failed; retrying", line=line.name, error=str(exc))
+            line.restarting = False
+            if not self._closing:
+                await self._restart(line)
+            return
+        line.restarting = False
+        log.info("line replaced with the new trunks", line=line.name,
+                 trunks=[t.name for t in line.config.trunks])  # fmt: skip
+        self._rotate()  # trunks changed again meanwhile
+
     async def _start(self, line: _Line) -> None:
+        line.stale = False  # the config sent below is the current one
         line.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -315,6 +366,7 @@ class LinePool:
             finally:
                 line.pending -= 1
                 line.acks.pop(call_id, None)
+                self._rotate()
             if reply["event"] == "accepted":
                 return line.name
             if not reply.get("retry"):
@@ -364,6 +416,8 @@ class LinePool:
         line.calls.discard(call_id)
         if self._call_line.get(call_id) is line:
             del self._call_line[call_id]
+        if line.stale and not line.calls:
+            self._rotate()
 
     # -- events ---------------------------------------------------------------------------
 
