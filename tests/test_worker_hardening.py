@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def voice(tmp_path: Path) -> Path:
     return path
 
 
-def _plan(voice: Path, talks: dict[str, float]) -> str:
+def _plan(voice: Path, talks: Mapping[str, float]) -> str:
     return "".join(
         f'[numbers."{number}"]\nring = 0.2\ntalk = {talk}\nplay = "{voice}"\n\n'
         for number, talk in talks.items()
