@@ -50,7 +50,7 @@ def check_name(what: str, name: str, max_length: int = MAX_NAME) -> str:
     # fullmatch: the rule's `$` would let a trailing newline through
     if len(name) > max_length or not ACCOUNT_NAME.fullmatch(name):
         raise DialerError(
-            f"invalid {what} name {shorten(name)!r}: 1-{max_length} letters, digits, '_', '.',"
+            f"invalid {what} name '{shorten(name)}': 1-{max_length} letters, digits, '_', '.',"
             " '-', starting with a letter or digit"
         )
     return name
@@ -77,7 +77,7 @@ def check_text(what: str, value: str, max_length: int) -> str:
     message quoting it stays one short line."""
     if len(value) > max_length or has_controls(value):
         raise DialerError(
-            f"bad {what} {shorten(value)!r}: at most {max_length} characters, no control characters"
+            f"bad {what} '{shorten(value)}': at most {max_length} characters, no control characters"
         )
     return value
 

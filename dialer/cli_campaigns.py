@@ -337,7 +337,7 @@ def cdr_export(
     """Export a campaign's call records (times ISO 8601 UTC)."""
     check_name("campaign", campaign)
     if fmt not in ("csv", "json"):
-        raise typer.BadParameter(f"--format must be csv or json, not {shorten(fmt)!r}")
+        raise typer.BadParameter(f"--format must be csv or json, not '{shorten(fmt)}'")
     rows = run(lambda ledger: cdr_rows(ledger, campaign))
     if fmt == "json":
         text = json.dumps([{k: _iso(v) if k.endswith("_at") else v for k, v in r.items()}

@@ -28,6 +28,7 @@ def shorten(value: object, width: int = DEFAULT_WIDTH) -> str:
 
     Control characters are escaped (`\\r`, `\\x1b`) rather than dropped, so the message shows
     that they were there without letting them move the terminal cursor or split a log line.
+    Quote it yourself (`f"'{shorten(v)}'"`): `!r` would double the backslashes.
     """
     text = str(value)
     cut = text[:width]

@@ -63,16 +63,16 @@ def check_user(value: str, what: str = "SIP user name") -> str:
     return value
 
 
-def _check_host(host: str, uri: str) -> None:
+def _check_host(host: str, uri: str, what: str) -> None:
     if host.startswith("["):
         try:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
-            raise ValueError(f"SIP URI {_cut(uri)}: bad IPv6 address {_cut(host)}") from None
+            raise ValueError(f"{what} {_cut(uri)}: bad IPv6 address {_cut(host)}") from None
     elif not host:
-        raise ValueError(f"SIP URI {_cut(uri)} has no host: use sip:host[:port]")
+        raise ValueError(f"{what} {_cut(uri)} has no host: use sip:host[:port]")
     elif len(host) > 253 or not _HOSTNAME.fullmatch(host):
-        raise ValueError(f"SIP URI {_cut(uri)}: bad host {_cut(host)}")
+        raise ValueError(f"{what} {_cut(uri)}: bad host {_cut(host)}")
 
 
 def check_sip_uri(value: str, what: str = "SIP URI") -> str:
@@ -95,7 +95,7 @@ def check_sip_uri(value: str, what: str = "SIP URI") -> str:
         if ":" in user:
             raise ValueError(f"{what} {_cut(value)}: no password in the URI")
         check_user(user, f"user part of {what}")
-    _check_host(host, value)
+    _check_host(host, value, what)
     if port is not None and not 1 <= int(port) <= 65535:
         raise ValueError(f"{what} {_cut(value)}: port must be 1-65535")
     for param in match["params"].split(";")[1:]:

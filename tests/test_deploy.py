@@ -23,6 +23,7 @@ def test_units_stop_gracefully_within_their_timeout(unit: Path) -> None:
     assert float(service["TimeoutStopSec"]) >= drain + 15  # drain, then hang up and settle
     assert "DIALER_CONFIG=" in service["Environment"]
     assert "DIALER_WORKER__ID=%H" in service["Environment"]  # stable: restarts recover
+    assert service["UMask"] == "0077"  # its SQLite file, caches: never readable by others
 
 
 def test_there_are_units() -> None:
