@@ -10,7 +10,7 @@ from pathlib import Path
 from billing.ledger import Ledger
 from billing.storage import Database
 from dialer import db, store
-from dialer.config import MqttConfig, OpsConfig, Settings
+from dialer.config import MqttConfig, OpsConfig, Settings, SipConfig
 from dialer.events import EventBuffer, Events
 from dialer.mqtt import MqttBridge
 from dialer.ops import OpsServer
@@ -35,6 +35,7 @@ async def running_worker(
     mqtt: MqttConfig | None = None,
     ops: OpsConfig | None = None,
     worker_id: str | None = None,
+    sip: SipConfig | None = None,
 ) -> AsyncIterator[Worker]:
     """A worker dialling until the block ends; leaving it stops the worker gracefully
     (no new calls, calls up get ``drain_seconds``, then are hung up and settled)."""
@@ -45,6 +46,8 @@ async def running_worker(
         sip_port=sip_port,
         rtp_port=rtp_port,
         trunks=trunk_configs(rows),
+        allow_from=tuple(sip.allow_from) if sip else (),
+        user_agent=sip.user_agent if sip else "campaign-dialer",
     )
     stop = asyncio.Event()
     events = Events(EventBuffer(mqtt.buffer_events)) if mqtt is not None and mqtt.url else None
@@ -57,6 +60,7 @@ async def running_worker(
             ring_timeout=ring_timeout,
             events=events,
             worker_id=worker_id,
+            campaign_header=sip.campaign_header if sip else False,
         )
         bridge_stop = asyncio.Event()
         bridge: asyncio.Task[None] | None = None
@@ -109,6 +113,7 @@ async def run_worker(
             mqtt=cfg.mqtt,
             ops=cfg.ops,
             worker_id=cfg.worker.id,
+            sip=cfg.sip,
         ):
             await stop.wait()
     finally:

@@ -211,6 +211,7 @@ class Worker:
         assets: Path | None = None,
         ring_timeout: float = 30.0,
         events: Events | None = None,
+        campaign_header: bool = False,
     ) -> None:
         self.db = db
         self.events = events
@@ -225,6 +226,7 @@ class Worker:
         self._preparing: dict[tuple[int, str | None], asyncio.Task[None]] = {}
         self._retry_at: dict[tuple[int, str | None], float] = {}
         self.ring_timeout = ring_timeout
+        self.campaign_header = campaign_header  # X-Campaign tells the far end our customer
         self.inbound = InboundRecords()
         self.inbound_unrecorded = 0  # refused inbound calls left without a CDR (metrics)
         self._inbound_summary_at = time.monotonic()
@@ -624,7 +626,7 @@ class Worker:
                 view.trunk_name,
                 ring_timeout=self.ring_timeout,
                 caller_id=row.caller_id,
-                headers={"X-Campaign": row.name},
+                headers={"X-Campaign": row.name} if self.campaign_header else {},
                 listen=view.script.phrases(),
             )
         except DialOutcomeUnknown as exc:

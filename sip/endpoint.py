@@ -41,7 +41,9 @@ def move_c_stdout_to_stderr() -> int:
     return protocol_fd
 
 
-def create_endpoint(ep: Any = None, log_level: int = 0, media_clock_rate: int = 16000) -> Any:
+def create_endpoint(
+    ep: Any = None, log_level: int = 0, media_clock_rate: int = 16000, user_agent: str = USER_AGENT
+) -> Any:
     """libCreate + libInit on ``ep`` (a pj.Endpoint subclass with callbacks, or a new one)."""
     ep = ep if ep is not None else pj.Endpoint()
     ep.libCreate()
@@ -49,7 +51,8 @@ def create_endpoint(ep: Any = None, log_level: int = 0, media_clock_rate: int = 
     cfg.uaConfig.threadCnt = 0
     cfg.uaConfig.mainThreadOnly = True
     cfg.uaConfig.maxCalls = MAX_CALLS
-    cfg.uaConfig.userAgent = USER_AGENT
+    cfg.uaConfig.userAgent = user_agent
+    cfg.uaConfig.mwiUnsolicitedEnabled = False  # no unsolicited NOTIFY is ever of use here
     cfg.logConfig.level = log_level
     cfg.logConfig.consoleLevel = log_level
     cfg.medConfig.noVad = True

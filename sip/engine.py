@@ -26,6 +26,7 @@ import contextlib
 import gc
 import os
 import queue
+import socket
 import threading
 import time
 import traceback
@@ -59,6 +60,16 @@ from sip.protocol import (
     Transfer,
     TrunkConfig,
     event,
+)
+from sip.rtpguard import close_ports, host_port, local_ports, pin
+from sip.sockfilter import (
+    Network,
+    attach,
+    own_sockets,
+    parse_networks,
+    resolve_ipv4,
+    sip_udp_program,
+    tcp_program,
 )
 
 POLL_MS = 10
@@ -101,6 +112,17 @@ def _host_of(uri: str) -> str:
     return rest.split(";", 1)[0]
 
 
+def _bare_host(uri: str) -> str:
+    """The host of a SIP URI, without port or brackets."""
+    host = _host_of(uri)
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+MAX_AGENT_SOURCES = 64
+
+
 class _Tap(pj.AudioMediaPort):  # type: ignore[misc]
     """A pooled audio sink: counts frames and hands them to the consumer."""
 
@@ -111,13 +133,16 @@ class _Tap(pj.AudioMediaPort):  # type: ignore[misc]
         self.call_id: str | None = None
         self.frames = 0
         self.voiced = 0
+        # RTP from a stranger reached the call (set by the SIP thread, read here): its
+        # audio must not reach speech analysis or AMD
+        self.blocked = False
 
     def onFrameReceived(self, frame: Any) -> None:
         call_id = self.call_id
         if call_id is None:
             return
         self.frames += 1
-        if self.consumer is None and not self.measure:
+        if self.blocked or (self.consumer is None and not self.measure):
             return  # only when someone wants the frame
         pcm = vector_bytes(frame.buf)
         if self.measure and is_voiced(pcm):
@@ -147,9 +172,20 @@ class _Call(pj.Call):  # type: ignore[misc]
         self.engine = engine
         self.role = role  # "out" | "agent" | "inbound"
         self.record: _Record | None = None
+        # RTP pinning (sip.rtpguard): "open" -> "closed" (first SDP) -> "pinned" | "watched"
+        self.rtp_state = "open"
+        self.rtp_remote: str | None = None  # the negotiated "ip:port"
+        self.rtp_media = 0
+        self.rtp_foreign = False
 
     def onCallState(self, prm: Any) -> None:
         self.engine._on_call_state(self, time.time(), time.monotonic())
+
+    def onCallSdpCreated(self, prm: Any) -> None:
+        self.engine._on_sdp_created(self, prm.sdp.wholeSdp)
+
+    def onStreamPreCreate(self, prm: Any) -> None:
+        self.engine._pin_media(self, prm.streamIdx, prm.streamInfo)
 
     def onCallMediaState(self, prm: Any) -> None:
         self.engine._on_media_state(self)
@@ -161,6 +197,20 @@ class _Call(pj.Call):  # type: ignore[misc]
             "error",
             call_id=self.record.call_id if self.record else None,
             message=f"declined a REFER from the far end to {prm.dstUri}",
+        )
+
+    def onCallReplaceRequest(self, prm: Any) -> None:
+        # An INVITE with Replaces naming this call's dialog would take it over (pjsua's
+        # default answers 200 and BYEs our callee): whoever learnt the dialog ids could
+        # hijack a billed call. Nobody may replace our calls.
+        prm.statusCode = 603
+        prm.reason = "Decline"
+        self.engine._emit(
+            "inbound_rejected",
+            status=603,
+            call_id=self.record.call_id if self.record else None,
+            reason="INVITE with Replaces",
+            **{"from": "", "to": ""},
         )
 
     def onCallTransferStatus(self, prm: Any) -> None:
@@ -176,6 +226,12 @@ class _Account(pj.Account):  # type: ignore[misc]
 
     def onIncomingCall(self, prm: Any) -> None:
         self.engine._on_incoming(self, prm.callId)
+
+    def onIncomingSubscribe(self, prm: Any) -> None:
+        # pjsua's presence server would accept anyone's SUBSCRIBE and send NOTIFYs to any
+        # Contact (reflection). A campaign line publishes no presence.
+        prm.code = 403
+        prm.reason = "Forbidden"
 
     def onRegState(self, prm: Any) -> None:
         if self.trunk is not None:
@@ -258,6 +314,10 @@ class SipEngine:
         self._idle_taps: list[_Tap] = []
         self._all_taps: list[_Tap] = []
         self._players: set[_Player] = set()
+        self._to_reject: list[_Call] = []  # inbound calls, rejected on the next turn
+        self._sip_sources: list[Network] = []  # who may send us SIP requests
+        self._agent_sources: list[Network] = []
+        self._filtered_ports: list[tuple[int, socket.SocketKind]] = []
         self._outbox: list[dict[str, Any]] = []
 
     # -- other threads --------------------------------------------------------------------
@@ -289,6 +349,7 @@ class SipEngine:
 
     def _emit(self, name: str, **fields: Any) -> None:
         fields.setdefault("at", time.time())
+        fields.setdefault("mono", time.monotonic())  # what billing runs on: no clock steps
         self._outbox.append(event(name, free=self.free_slots, **fields))
 
     def _flush(self) -> None:
@@ -324,7 +385,7 @@ class SipEngine:
         vector_bytes(pj.ByteVector())  # choose the frame reader here, not on the clock thread
         cfg = self.config
         self._ep = _Endpoint(self)
-        ep = create_endpoint(self._ep, cfg.log_level, TAP_CLOCK_RATE)
+        ep = create_endpoint(self._ep, cfg.log_level, TAP_CLOCK_RATE, cfg.user_agent)
         transports = add_transports(
             ep,
             cfg.bind_address,
@@ -335,6 +396,13 @@ class SipEngine:
             tls_port=cfg.tls_port,
         )
         self.sip_port = transports.udp_port
+        self._filtered_ports = [(self.sip_port, socket.SOCK_DGRAM)]
+        if transports.tcp:
+            self._filtered_ports.append((self.sip_port, socket.SOCK_STREAM))
+        if transports.tls_port:
+            self._filtered_ports.append((transports.tls_port, socket.SOCK_STREAM))
+        self._sip_sources = self._configured_sources()
+        self._apply_source_filter()
         ep.libStart()
         ep.audDevManager().setNullDev()
         set_codec_priorities(ep, cfg.codecs)
@@ -354,6 +422,56 @@ class SipEngine:
             ["udp"] + (["tcp"] if transports.tcp else []) + (["tls"] if transports.tls_port else [])
         )
         self._emit("ready", sip_port=self.sip_port, transports=names, tls_port=transports.tls_port)
+
+    # -- who may send us SIP (sip.sockfilter) -------------------------------------------
+
+    def _configured_sources(self) -> list[Network]:
+        """The trunks' and proxies' addresses, plus the configured ``allow_from``."""
+        cfg = self.config
+        found: list[Network] = []
+        for entry in cfg.allow_from:
+            try:
+                found += parse_networks([entry])
+            except ValueError:
+                found += self._resolve(entry, "allow_from entry")
+        for trunk in cfg.trunks:
+            found += self._resolve(_bare_host(trunk.uri), f"trunk {trunk.name}")
+            if trunk.outbound_proxy:
+                found += self._resolve(_bare_host(trunk.outbound_proxy), f"proxy of {trunk.name}")
+        return found
+
+    def _resolve(self, host: str, what: str) -> list[Network]:
+        found = resolve_ipv4(host)
+        if not found:
+            self._emit(
+                "error", message=f"cannot resolve {what} {host[:60]!r}: its requests are dropped"
+            )
+        return found
+
+    def _allow_agent(self, uri: str) -> None:
+        """Agents we dial send their BYE and re-INVITEs from their own address."""
+        new = [n for n in resolve_ipv4(_bare_host(uri)) if n not in self._agent_sources]
+        if new:
+            self._agent_sources = (self._agent_sources + new)[-MAX_AGENT_SOURCES:]
+            self._apply_source_filter()
+
+    def _apply_source_filter(self) -> None:
+        if not self.config.filter_sources:
+            return
+        sources = list(dict.fromkeys(self._sip_sources + self._agent_sources))
+        address = self.config.bind_address
+        for port, kind in self._filtered_ports:
+            program = (
+                sip_udp_program(sources) if kind == socket.SOCK_DGRAM else tcp_program(sources)
+            )
+            socks = own_sockets(port, kind, address if address != "0.0.0.0" else None)
+            if not socks:
+                raise SipSetupError(f"cannot find the SIP socket on port {port} to filter it")
+            for sock in socks:
+                try:
+                    attach(sock, program)
+                finally:
+                    sock.close()
 
     def _make_account(self, trunk: TrunkConfig | None) -> _Account:
         cfg = self.config
@@ -393,10 +511,22 @@ class SipEngine:
         return account
 
     def _drop_retired(self) -> None:
-        """Dropped here, outside their callbacks, on this thread, cycles cut first."""
+        """Dropped here, outside their callbacks, on this thread, cycles cut first.
+
+        Never while another live call holds the same pjsua slot: pjsua2's ~Call clears
+        the slot's user data and hangs up whatever call is in it (pjproject #3856), so a
+        slot reused during the last poll (inbound INVITEs arrive in bursts) would lose
+        the new call's callbacks and leave it in ``_live`` for good (measured: a flood of
+        200 INVITEs left all 4 slots dead). A retired call waits for its slot to free up.
+        """
+        busy = {call.getId() for call in self._live}
+        waiting: list[_Call] = []
         for call in self._retired:
-            call.record = None
-        self._retired.clear()
+            if call.getId() in busy:
+                waiting.append(call)
+            else:
+                call.record = None
+        self._retired = waiting
 
     def _take_inbox(self) -> Iterator[Any]:
         """What other threads queued since the last turn."""
@@ -410,6 +540,8 @@ class SipEngine:
         self._flush()  # what the callbacks of this poll reported
         self._drop_retired()
         collect_like_python()
+        if self._to_reject:
+            self._reject_inbound()
         for item in self._take_inbox():
             try:
                 self._handle(item)
@@ -426,6 +558,7 @@ class SipEngine:
                 self._hangup(record, "local")
             if record.transfer_mode and not record.agent_answered and now >= record.agent_deadline:
                 self._give_up_transfer(record)
+        self._watch_media()
         self._flush()
 
     def _handle(self, item: Any) -> None:
@@ -587,6 +720,69 @@ class SipEngine:
             if record.pending_wav and record.answered:
                 self._play(record, record.pending_wav)
 
+    def _on_sdp_created(self, call: _Call, sdp: str) -> None:
+        """The call's first SDP: its RTP sockets were just bound and nobody should send
+        to them before the answer says who the callee is. Later SDPs (re-INVITEs) find
+        the call pinned already."""
+        if call.role == "inbound" or call.rtp_state != "open":
+            return
+        ports = local_ports(sdp)
+        if ports and close_ports(ports):
+            call.rtp_state = "closed"
+
+    def _pin_media(self, call: _Call, media: int, info: Any) -> None:
+        """SDP negotiated, pjmedia's stream not created yet: only the negotiated address
+        may send RTP from now on (again after a re-INVITE that changes it)."""
+        if call.role == "inbound":
+            return
+        remote_text = str(info.remoteRtpAddress)
+        call.rtp_remote, call.rtp_media = remote_text, media
+        try:
+            local = call.getMedTransportInfo(media)
+        except pj.Error:
+            local = None
+        remote = host_port(remote_text)
+        ports = (host_port(local.localRtpName), host_port(local.localRtcpName)) if local else ()
+        if remote is not None and len(ports) == 2 and ports[0] and ports[1]:
+            rtcp = host_port(str(info.remoteRtcpAddress)) or (remote[0], remote[1] + 1)
+            if pin(ports[0][1], ports[1][1], remote, rtcp):
+                call.rtp_state = "pinned"
+                return
+        call.rtp_state = "watched"
+        record = call.record
+        self._emit(
+            "error",
+            call_id=record.call_id if record else None,
+            security="rtp",
+            message=f"cannot restrict RTP to {remote_text}: only watching where it comes from",
+        )
+
+    def _watch_media(self) -> None:
+        """Each turn (~2 us a call): where did the last RTP come from? Only a call the
+        kernel filter could not pin (or a socket pjmedia re-created) can hear a stranger;
+        from then on its tap is deaf (frames within the turn before may have passed)."""
+        for record in self._records.values():
+            for call in (record.call, record.agent):
+                if call is None or call.rtp_remote is None or call.rtp_foreign:
+                    continue
+                try:
+                    source = call.getMedTransportInfo(call.rtp_media).srcRtpName
+                except pj.Error:
+                    continue
+                if not source or source == call.rtp_remote:
+                    continue
+                call.rtp_foreign = True
+                if call is record.call and record.tap is not None:
+                    record.tap.blocked = True
+                leg = "the callee's" if call is record.call else "the agent's"
+                self._emit(
+                    "error",
+                    call_id=record.call_id,
+                    security="rtp",
+                    message=f"RTP from {source} on {leg} leg, negotiated {call.rtp_remote}: "
+                    "its audio is ignored",
+                )
+
     def _attach_tap(self, record: _Record) -> None:
         # A Python tap costs ~0.7% of a core per call (a callback every 20 ms): only when
         # someone listens (the call asked for it, or measure_audio for QA).
@@ -597,6 +793,7 @@ class SipEngine:
         if record.tap is None and self._idle_taps and record.audio is not None:
             tap = self._idle_taps.pop()
             tap.frames = tap.voiced = 0
+            tap.blocked = record.call.rtp_foreign
             tap.call_id = record.call_id
             record.tap = tap
             tap.consumer = self.consumer if record.listen is not None else None
@@ -684,6 +881,7 @@ class SipEngine:
                 "agent_failed", call_id=record.call_id, status=503, reason="no free line slot"
             )
             return
+        self._allow_agent(cmd.agent_uri)
         agent = _Call(self, record.account, "agent")
         agent.record = record
         record.agent = agent
@@ -781,18 +979,34 @@ class SipEngine:
     # -- inbound --------------------------------------------------------------------------
 
     def _on_incoming(self, account: _Account, pj_call_id: int) -> None:
+        # Answering inside this callback aborts the process on an INVITE without SDP (pjsua
+        # frees the cloned rdata of a late offer twice: `pjsip_rx_data_free_cloned:
+        # Assertion 'rdata' failed`, measured). Keep the call; reject it on the next turn.
         call = _Call(self, account, "inbound", pj_call_id)
         self._live.add(call)  # keep it: a dropped local would make pjsua answer 603 anyway
-        ci = call.getInfo()
+        self._to_reject.append(call)
+
+    def _reject_inbound(self) -> None:
+        calls, self._to_reject = self._to_reject, []
         status = self.config.inbound_reject_status
-        prm = pj.CallOpParam(True)
-        prm.statusCode = status
-        try:
-            call.answer(prm)
-        except pj.Error:
-            with contextlib.suppress(pj.Error):
-                call.hangup(prm)
-        self._emit("inbound_rejected", status=status, **{"from": ci.remoteUri, "to": ci.localUri})
+        for call in calls:
+            if call not in self._live:
+                continue  # the caller gave up (CANCEL) before this turn
+            try:
+                ci = call.getInfo()
+            except pj.Error:
+                self._retire(call)  # ended without a callback: never leave it holding a slot
+                continue
+            prm = pj.CallOpParam(True)
+            prm.statusCode = status
+            try:
+                call.answer(prm)
+            except pj.Error:
+                with contextlib.suppress(pj.Error):
+                    call.hangup(prm)
+            self._emit(
+                "inbound_rejected", status=status, **{"from": ci.remoteUri, "to": ci.localUri}
+            )
 
     # -- shutdown -------------------------------------------------------------------------
 

@@ -98,6 +98,9 @@ class PoolConfig:
     tls_port: int = 0  # line i listens for TLS on tls_port + i (0: any free port)
     log_level: int = 0
     measure_audio: bool = False
+    allow_from: tuple[str, ...] = ()  # SIP sources besides the trunks (LineConfig)
+    filter_sources: bool = True
+    user_agent: str = "campaign-dialer"
 
     def line_config(self, index: int) -> LineConfig:
         return LineConfig(
@@ -115,6 +118,9 @@ class PoolConfig:
             trunks=list(self.trunks),
             log_level=self.log_level,
             measure_audio=self.measure_audio,
+            allow_from=list(self.allow_from),
+            filter_sources=self.filter_sources,
+            user_agent=self.user_agent,
         )
 
 
@@ -485,11 +491,12 @@ class LinePool:
                 future.set_result(
                     {"event": "refused", "reason": f"{line.name} died", "retry": True}
                 )
-        now = time.time()
+        now, mono = time.time(), time.monotonic()
         for call_id in sorted(line.calls):
             self._events.put_nowait(
-                {"v": 1, "event": "interrupted", "call_id": call_id, "line": line.name, "at": now}
-            )
+                {"v": 1, "event": "interrupted", "call_id": call_id, "line": line.name,
+                 "at": now, "mono": mono}
+            )  # fmt: skip
             if self._call_line.get(call_id) is line:
                 del self._call_line[call_id]
         line.calls.clear()

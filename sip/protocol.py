@@ -20,8 +20,9 @@ Commands (orchestrator -> line)::
     {"v":1, "cmd":"shutdown"}     hang up everything (BYE or CANCEL), then exit
 
 Events (line -> orchestrator); each has ``"v":1``, ``"event"``, ``"at"`` (wall clock,
-epoch seconds) and, when about a call, ``"call_id"``; ``"free"`` is the line's free call
-slots after the event::
+epoch seconds: for records only), ``"mono"`` (CLOCK_MONOTONIC seconds, shared by the
+processes of one host: what billing and timers run on, immune to clock steps) and, when
+about a call, ``"call_id"``; ``"free"`` is the line's free call slots after the event::
 
     ready           {"sip_port", "transports", "free"}          after configure
     accepted        {"call_id"}                                 dial took a slot
@@ -79,6 +80,15 @@ class _Message(BaseModel):
 
 _TOKEN = re.compile(r"^[A-Za-z0-9!%*_+`'~.-]{1,64}$")
 _VALUE = re.compile(r"^[\x20-\x7e\t]{0,512}$")
+_SOURCE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}(/[0-9]{1,2})?|[A-Za-z0-9.-]{1,253}")
+
+
+def check_sources(entries: list[str]) -> list[str]:
+    """allow_from entries: IPv4 addresses, IPv4 networks or host names."""
+    for entry in entries:
+        if not _SOURCE.fullmatch(entry):
+            raise ValueError(f"allow_from: not an IPv4 address, network or host: {entry[:60]!r}")
+    return entries
 
 
 def check_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -148,6 +158,23 @@ class LineConfig(BaseModel):
     trunks: list[TrunkConfig] = Field(default_factory=list, max_length=7)  # PJSUA_MAX_ACC 8
     log_level: int = Field(default=0, ge=0, le=6)  # pjsip's own log, to stderr
     measure_audio: bool = False  # count voiced frames of the callee (QA diagnostics)
+    # SIP requests are taken only from the trunks' and proxies' addresses and these
+    # (IPv4 addresses, networks or host names); everything else is dropped unanswered
+    allow_from: list[str] = Field(default_factory=list, max_length=256)
+    filter_sources: bool = True
+    user_agent: str = Field(default="campaign-dialer", max_length=64)
+
+    @field_validator("allow_from")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        return check_sources(value)
+
+    @field_validator("user_agent")
+    @classmethod
+    def _agent(cls, value: str) -> str:
+        if not _VALUE.match(value):
+            raise ValueError("user_agent: printable ASCII only")
+        return value
 
 
 # -- commands ----------------------------------------------------------------------------

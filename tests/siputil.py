@@ -41,10 +41,10 @@ def rtp_base() -> int:
     return next(_next_rtp)
 
 
-def _udp_bound(port: int) -> bool:
+def _udp_bound(port: int, ip: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
-            probe.bind(("127.0.0.1", port))
+            probe.bind((ip, port))
         except OSError:
             return True
     return False
@@ -80,15 +80,17 @@ class Sipp:
         transport: str = "u1",
         timeout: float = 30,
         options: tuple[str, ...] = (),
+        ip: str = "127.0.0.1",
     ) -> None:
         self.scenario = scenario
+        self.ip = ip
         self.port = port or free_port()
         self.workdir = workdir
         self.trace = workdir / f"{scenario}-{self.port}-msg.log"
         self.errors = workdir / f"{scenario}-{self.port}-err.log"
         command = [
             "sipp", "-sf", str(SCENARIOS / f"{scenario}.xml"),
-            "-i", "127.0.0.1", "-p", str(self.port), "-mp", str(rtp_base()),
+            "-i", ip, "-p", str(self.port), "-mp", str(rtp_base()),
             "-m", str(calls), "-nostdin", "-t", transport,
             "-trace_msg", "-message_file", str(self.trace),
             "-trace_err", "-error_file", str(self.errors),
@@ -104,14 +106,14 @@ class Sipp:
         )
         if remote is None and transport.startswith("u"):
             deadline = time.monotonic() + 5
-            while not _udp_bound(self.port) and time.monotonic() < deadline:
+            while not _udp_bound(self.port, ip) and time.monotonic() < deadline:
                 time.sleep(0.02)
         else:
             time.sleep(0.3)
 
     @property
     def uri(self) -> str:
-        return f"sip:127.0.0.1:{self.port}"
+        return f"sip:{self.ip}:{self.port}"
 
     def wait(self, timeout: float = 30) -> int:
         return self.process.wait(timeout=timeout)

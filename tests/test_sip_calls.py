@@ -69,7 +69,8 @@ async def test_callee_refusals_are_reported_with_their_status(tmp_path: Path, st
 
 @pytest.mark.parametrize("status", [603, 486])
 async def test_inbound_invites_are_rejected_never_answered(tmp_path: Path, status: int) -> None:
-    async with pool_of(inbound_reject_status=status) as pool:
+    # no trunk here: the sipp caller's address must be allowed to reach the line at all
+    async with pool_of(inbound_reject_status=status, allow_from=("127.0.0.1",)) as pool:
         port = pool.sip_ports[0]
         with sipps(Sipp(f"uac_inbound_{status}", tmp_path, remote=f"127.0.0.1:{port}")) as (uac,):
             assert uac.wait(15) == 0, uac.error_text()
