@@ -43,6 +43,26 @@ class SipConfig(Section):
     port: int = Field(default=5060, ge=0, le=65535)  # 0: any free port per line
     lines: int = Field(default=4, ge=1, le=256)
     rtp_port_base: int = Field(default=20000, ge=1024, le=65000)
+    # SIP requests are taken only from the trunks' (and their proxies') addresses, agents
+    # being dialled, and these IPv4 addresses/networks/host names: the rest is dropped
+    # unanswered. ["0.0.0.0/0"] takes them from anyone (not recommended).
+    allow_from: list[str] = Field(default_factory=list, max_length=256)
+    user_agent: str = Field(default="campaign-dialer", min_length=1, max_length=64)
+    campaign_header: bool = False  # send X-Campaign: <name> with every INVITE
+
+    @field_validator("allow_from")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        from sip.protocol import check_sources
+
+        return check_sources(value)
+
+    @field_validator("user_agent")
+    @classmethod
+    def _agent(cls, value: str) -> str:
+        if not all(" " <= ch <= "~" for ch in value):
+            raise ValueError("user_agent: printable ASCII only")
+        return value
 
 
 class MqttConfig(Section):
