@@ -54,6 +54,7 @@ from dialer.amd import MACHINE_INTENT, AmdSettings
 from dialer.errors import DialerError
 from dialer.intents import DEFAULT_THRESHOLD, normalise
 from dialer.tts import FESTIVAL_VOICES
+from sip.uri import check_sip_uri
 
 END = "end"
 GREETING = "builtin:greeting"  # the default script's chime (dialer.worker.greeting_wav)
@@ -451,8 +452,10 @@ def _transfer(body: yaml.Node, where: _Where, block: str) -> Transfer:
     if "agent" not in keys:
         raise where.error(body, "transfer needs agent (a sip: URI)", block)
     agent = _text(keys["agent"], where, "transfer.agent", block)
-    if not agent.startswith(("sip:", "sips:")) or any(c in agent for c in "\r\n <>"):
-        raise where.error(keys["agent"], f"transfer.agent must be a sip: URI, got {agent!r}", block)
+    try:
+        check_sip_uri(agent, "transfer.agent")  # what the line's Transfer command takes
+    except ValueError as exc:
+        raise where.error(keys["agent"], str(exc), block) from None
     mode = _text(keys["mode"], where, "transfer.mode", block) if "mode" in keys else "bridge"
     if mode not in ("bridge", "refer"):
         raise where.error(

@@ -38,7 +38,7 @@ _URI = re.compile(
 
 def _cut(value: str, width: int = 40) -> str:
     shown = _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
-    return repr(shown[:width] + "...") if len(value) > width else repr(shown)
+    return f"'{shown[:width]}...'" if len(value) > width else f"'{shown}'"
 
 
 def check_text(value: str, what: str, max_length: int) -> str:
