@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from billing.errors import BillingError
 from billing.tariff import DEFAULT_INCREMENT_SECONDS, Tariff
+from sip.uri import check_host
 
 DEFAULT_CONFIG_FILE = Path("dialer.toml")
 
@@ -49,6 +50,12 @@ class SipConfig(Section):
     allow_from: list[str] = Field(default_factory=list, max_length=256)
     user_agent: str = Field(default="campaign-dialer", min_length=1, max_length=64)
     campaign_header: bool = False  # send X-Campaign: <name> with every INVITE
+
+    @field_validator("bind_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        # it goes into the lines' SIP transports and their Contact/From URIs
+        return check_host(value, "an address")
 
     @field_validator("allow_from")
     @classmethod

@@ -75,6 +75,18 @@ def _check_host(host: str, uri: str, what: str) -> None:
         raise ValueError(f"{what} {_cut(uri)}: bad host {_cut(host)}")
 
 
+def check_host(value: str, what: str = "host") -> str:
+    """An IP address (IPv6 without brackets) or a DNS name, as a bind address."""
+    if len(value) > 253 or _CONTROLS.search(value):
+        raise ValueError(f"{what} {_cut(value)} is not an IP address or host name")
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(value):
+            raise ValueError(f"{what} {_cut(value)} is not an IP address or host name") from None
+    return value
+
+
 def check_sip_uri(value: str, what: str = "SIP URI") -> str:
     """``value`` when it is a SIP URI of the form above; ValueError naming the problem."""
     if not value:

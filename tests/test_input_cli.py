@@ -288,3 +288,17 @@ def test_password_from_a_file_or_the_environment(
     assert "--password-file needs --username" in acme.fails(
         "trunk", "add", "t5", *TRUNK, "--uri", "sip:h", "--password-file", str(secret)
     )
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1\r\nX-Evil: 1", "", "a b", "h" * 300])
+def test_the_sip_bind_address_is_an_address(
+    run: Run, monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    """It goes into every line's transports and Contact URIs."""
+    monkeypatch.setenv("DIALER_SIP__BIND_ADDRESS", address)
+    refused = no_unexpected(run.fails("account", "list"))
+    assert "environment DIALER_SIP__BIND_ADDRESS: sip.bind_address" in refused
+    assert "\r" not in refused and "h" * 50 not in refused  # escaped, cut
+    monkeypatch.setenv("DIALER_SIP__BIND_ADDRESS", "::1")
+    monkeypatch.setenv("DIALER_DATABASE__URL", "sqlite:///nowhere/x.db")
+    assert "sip.bind_address" not in run.fails("account", "list")
