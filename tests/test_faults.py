@@ -32,6 +32,7 @@ from billing.tariff import Counter
 from dialer import runtime, store
 from dialer.campaign_state import Action
 from dialer.campaigns import CampaignSpec, add_trunk, change_state, create_campaign, import_contacts
+from dialer.config import SipConfig
 from dialer.worker import Worker
 
 MINUTES = 60
@@ -60,6 +61,7 @@ async def dial_campaign(
     ring_timeout: float = 30.0,
     during: Callable[[Database, Worker], Awaitable[None]] | None = None,
     within: float = 90,
+    sip: SipConfig | None = None,
     **spec: Any,
 ) -> Outcome:
     """One campaign per trunk {name: (uri, phones)}, all run by one worker to the end."""
@@ -79,7 +81,7 @@ async def dial_campaign(
             await change_state(database, ledger.tariff, f"c-{name}", Action.START)
         async with runtime.running_worker(
             database, ledger, lines=lines, rtp_port=rtp_base(), ring_timeout=ring_timeout,
-            drain_seconds=5,
+            drain_seconds=5, sip=sip,
         ) as worker:  # fmt: skip
             if during is not None:
                 await during(database, worker)

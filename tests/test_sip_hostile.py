@@ -17,10 +17,11 @@ import pytest
 from rawsip import RawSip, raw_sip, status_of
 from siputil import Sipp, events_until, names, pool_of, sipps, trunk
 from sqlalchemy import select
-from test_faults import callee_calls, check_books, dial_campaign, phones
+from test_faults import callee_calls, calls_answered, check_books, dial_campaign, phones
 
 from billing.storage import Database
 from dialer import store
+from dialer.config import SipConfig
 from dialer.worker import Worker
 
 FINAL = {"failed", "hangup", "interrupted"}
@@ -51,8 +52,7 @@ async def test_late_offers_and_replaces_leave_the_calls_up_alone(
     statuses: list[int | None] = []
 
     async def attack(database: Database, worker: Worker) -> None:
-        while worker.calls_by_state()["answered"] < 2:
-            await asyncio.sleep(0.05)
+        await calls_answered(worker, 2)
         await asyncio.sleep(0.5)  # sipp's trace holds both dialogs
         port = worker.pool.sip_ports[0]
 
@@ -229,3 +229,17 @@ async def test_an_inbound_flood_is_not_a_flood_of_rows(sqlite_url: str, tmp_path
     assert outcome.worker.inbound_unrecorded > 100  # declined, counted, not written
     assert all("\x1b" not in c.phone and "\x07" not in c.phone for c in inbound)
     assert outcome.worker.pool.line_deaths == 0
+
+
+@pytest.mark.parametrize("configured", [False, True])
+async def test_what_our_invites_say_about_us(
+    sqlite_url: str, tmp_path: Path, configured: bool
+) -> None:
+    """By default an INVITE names no campaign (X-Campaign told every carrier on the path
+    who our customer is) and says User-Agent: campaign-dialer; both are configurable."""
+    sip = SipConfig(user_agent="acme-pbx/2.1", campaign_header=True) if configured else None
+    with sipps(Sipp("uas_answer", tmp_path, sets={"ring_ms": 0, "talk_ms": 300})) as (uas,):
+        await dial_campaign(sqlite_url, tmp_path, {"main": (uas.uri, phones(1))}, sip=sip)
+    invite = uas.received("INVITE")[0]
+    assert invite.header("X-Campaign") == ("c-main" if configured else None)
+    assert invite.header("User-Agent") == ("acme-pbx/2.1" if configured else "campaign-dialer")
