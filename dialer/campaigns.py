@@ -37,6 +37,7 @@ from sip import uri as sip_uri
 MAX_CAMPAIGN_NAME = 32
 MAX_NAME = 64  # accounts and trunks: their columns, and MQTT topic levels
 MAX_CHANNELS = 10_000
+MIN_CPS = 0.01  # a call every 100 s
 MAX_CPS = 1_000.0
 MAX_RETRIES = 99
 MAX_RETRY_DELAY = 30 * 86_400  # seconds
@@ -65,10 +66,13 @@ def check_int(what: str, value: int, low: int, high: int) -> int:
 
 
 def check_rate(what: str, value: float, high: float) -> float:
-    """A finite rate in (0, high]: inf stopped the pacing with an OverflowError every round
-    and nan bypassed it (every comparison with nan is false)."""
-    if not math.isfinite(value) or not 0 < value <= high:
-        raise DialerError(f"{what} must be a number above 0 and at most {high:g}, got {value}")
+    """A finite rate in [MIN_CPS, high]: inf stopped the pacing with an OverflowError every
+    round, nan bypassed it (every comparison with nan is false), and 1e-300 is a campaign
+    that never dials while it says `running`."""
+    if not math.isfinite(value) or not MIN_CPS <= value <= high:
+        raise DialerError(
+            f"{what} must be a number from {MIN_CPS:g} to {high:g} calls a second, got {value}"
+        )
     return float(value)
 
 
@@ -159,6 +163,7 @@ class CampaignSpec:
     retry_delay: int = 300
     agent_uri: str | None = None
     max_call_seconds: int = 600
+    prompts_dir: str | None = None  # the script's `say.wav` folder (default: the script's)
 
 
 async def create_campaign(db: Database, spec: CampaignSpec) -> None:
@@ -179,11 +184,14 @@ async def create_campaign(db: Database, spec: CampaignSpec) -> None:
     caller = None
     if spec.caller_id:
         caller = normalise_phone(check_text("caller id", spec.caller_id, MAX_CALLER_ID))
-    script_path, script_text = None, None
+    script_path, script_text, prompts = None, None, {}
     if spec.script is not None:
-        # validated now (errors name block and line), kept as text: what was checked runs
+        # validated now (errors name block and line), kept as text with its prompts' bytes:
+        # what was checked runs, and no host file is read again
         check_text("script path", spec.script, MAX_SCRIPT_PATH)
-        script_path, script_text = await asyncio.to_thread(read_script, spec.script)
+        script_path, script_text, prompts = await asyncio.to_thread(
+            read_script, spec.script, spec.prompts_dir
+        )
         check_text("script path", script_path, MAX_SCRIPT_PATH)  # stored resolved
     retry = RetryPolicy(max_attempts=spec.retries + 1, delay_seconds=spec.retry_delay)
 
@@ -193,7 +201,7 @@ async def create_campaign(db: Database, spec: CampaignSpec) -> None:
         if trunk.account != spec.account:
             raise DialerError(f"trunk {spec.trunk!r} belongs to account {trunk.account!r}")
         now = utcnow()
-        store.insert_row(
+        campaign_id = store.insert_row(
             conn,
             store.CAMPAIGN,
             {
@@ -208,6 +216,9 @@ async def create_campaign(db: Database, spec: CampaignSpec) -> None:
             },
             f"campaign {spec.name!r}",
         )  # fmt: skip
+        store.insert_prompts(
+            conn, campaign_id, {name: (p.sha256, p.content) for name, p in prompts.items()}
+        )
 
     await db.run(add)
 

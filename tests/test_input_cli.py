@@ -127,11 +127,12 @@ def test_names_are_whole_lines_only(acme: Run) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--cps", "inf"], "cps must be a number above 0 and at most 1000, got inf"),
-        (["--cps", "nan"], "cps must be a number above 0 and at most 1000, got nan"),
+        (["--cps", "inf"], "cps must be a number from 0.01 to 1000 calls a second, got inf"),
+        (["--cps", "nan"], "cps must be a number from 0.01 to 1000 calls a second, got nan"),
         (["--cps", "-inf"], "cps must be"),
         (["--cps", "1e9"], "cps must be"),
         (["--cps", "0"], "cps must be"),
+        (["--cps", "1e-300"], "cps must be"),
         (["--max-concurrent", HUGE], f"max concurrent must be a whole number from 1 to 10000, got {HUGE}"),  # noqa: E501
         (["--max-concurrent", "0"], "max concurrent must be"),
         (["--retries", str(MAX_RETRIES + 1)], "retries must be a whole number from 0 to 99"),
@@ -153,7 +154,7 @@ def test_campaign_numbers_are_finite_and_bounded(acme: Run, args: list[str], mes
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--cps", "inf"], "cps must be a number above 0 and at most 1000, got inf"),
+        (["--cps", "inf"], "cps must be a number from 0.01 to 1000 calls a second, got inf"),
         (["--cps", "nan"], "cps must be"),
         (["--channels", HUGE], "channels must be a whole number from 1 to 10000"),
         (["--channels", "0"], "channels must be"),
