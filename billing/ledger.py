@@ -118,7 +118,7 @@ SignalListener = Callable[[BalanceSignal], Awaitable[None]]
 
 
 def validate_account_name(name: str) -> str:
-    if not ACCOUNT_NAME.match(name):
+    if not ACCOUNT_NAME.fullmatch(name):  # match() lets a trailing newline through ($)
         raise BillingError(
             f"invalid account name {name!r}: 1-64 characters, letters, digits, '_', '.', '-',"
             " starting with a letter or digit"

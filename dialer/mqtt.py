@@ -182,7 +182,7 @@ def _name(value: object, what: str) -> str:
     shape, else "unknown" with a short echo (the database is not asked)."""
     if not isinstance(value, str):
         raise Reply(f"{what} must be a string")
-    if not ACCOUNT_NAME.match(value):
+    if not ACCOUNT_NAME.fullmatch(value):
         raise Reply(f"unknown {what} '{cut(value)}'")
     return value
 
@@ -344,7 +344,7 @@ class MqttBridge:
             reply = {"request_id": request_id, "ok": False, "error": first_line(refused)}
             log.warning("mqtt command refused", topic=cut(topic, 200), request_id=request_id,
                         error=reply["error"])  # fmt: skip
-        if account != OPERATOR and not ACCOUNT_NAME.match(account):
+        if account != OPERATOR and not ACCOUNT_NAME.fullmatch(account):
             return  # no reply topic to build from a level that is no account's name
         payload = json.dumps(reply, separators=(",", ":"), default=str).encode()
         if request_id is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, select, update
 from test_worker_e2e import (
     callee_durations,
     make_campaign,
@@ -120,6 +120,37 @@ async def test_a_campaign_the_worker_cannot_carry_says_why(
                     await asyncio.sleep(0.2)
     assert status["state"] == "running" and status["calls"]["placed"] == 0
     assert status["blocked"].startswith("trunk 't7' not carried: 8 trunks are in use")
+
+
+async def test_a_trunk_row_that_fails_the_checks_never_stops_the_worker(
+    sqlite_url: str, tmp_path: Path, voice: Path
+) -> None:
+    """A trunk saved by an older version with a URI the lines now refuse (a bare `sip:`, a
+    CR/LF in its user name) used to make every worker exit at start; it is left out and
+    logged, its campaign shows it as not carried, and the other campaigns dial."""
+    with simulator(tmp_path, _plan(voice, {"+14155556201": 1})) as sim:
+        async with Database(sqlite_url) as database:
+            ledger = Ledger(database)
+            await setup_account(database, ledger, sim, "platform", 10)
+            await make_campaign(database, tmp_path, "good", "main", ["+14155556201,"], cps=10)
+            await add_trunk(database, name="old", account="acme", kind="platform",
+                            uri=f"sip:127.0.0.1:{sim.port}")  # fmt: skip
+            await make_campaign(database, tmp_path, "stale", "old", ["+14155556202,"])
+            await database.run(lambda c: c.execute(
+                update(store.TRUNK).where(store.TRUNK.c.name == "old")
+                .values(uri="sip:", username="evil\r\nX-Injected: 1")))  # fmt: skip
+            await change_state(database, ledger.tariff, "good", Action.START)
+            async with running_worker(database, ledger, lines=1) as worker:
+                await change_state(database, ledger.tariff, "stale", Action.START)
+                status = await wait_for_state(database, "good", {"completed"}, within=60)
+                carried = [t.name for t in worker.pool.config.trunks]
+                deadline = asyncio.get_running_loop().time() + 30
+                while not (stale := await campaign_status(database, "stale"))["blocked"]:
+                    assert asyncio.get_running_loop().time() < deadline, stale
+                    await asyncio.sleep(0.2)
+    assert carried == ["main"] and status["calls"]["answered"] == 1
+    assert stale["calls"]["placed"] == 0 and "'old' not carried" in stale["blocked"]
+    assert callee_durations(sim).keys() == {"+14155556201"}
 
 
 class _SteppedClock:
