@@ -25,6 +25,7 @@ from dialer.campaign_state import (
 )
 from dialer.contacts import normalise_phone, parse_contacts, read_csv
 from dialer.errors import DialerError
+from dialer.prompts import Prompt
 from dialer.retry import RetryPolicy
 from dialer.script import read_script
 from dialer.text import has_controls, shorten
@@ -184,7 +185,8 @@ async def create_campaign(db: Database, spec: CampaignSpec) -> None:
     caller = None
     if spec.caller_id:
         caller = normalise_phone(check_text("caller id", spec.caller_id, MAX_CALLER_ID))
-    script_path, script_text, prompts = None, None, {}
+    script_path, script_text = None, None
+    prompts: dict[str, Prompt] = {}
     if spec.script is not None:
         # validated now (errors name block and line), kept as text with its prompts' bytes:
         # what was checked runs, and no host file is read again

@@ -28,7 +28,7 @@ def amd_classify(
     ] = False,
 ) -> None:
     """Is it a machine (voicemail, carrier announcement) or a human?"""
-    result = classify(wav, load_script(script) if script else None)
+    result = classify(wav, load_script(script, read_prompts=False) if script else None)
     document = result.as_dict()
     if facts:
         document["facts"] = result.facts

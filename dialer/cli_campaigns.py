@@ -186,7 +186,7 @@ def campaign_create(
         name=name, account=account, trunk=trunk, script=script, caller_id=caller_id,
         max_concurrent=max_concurrent, cps=cps, window=window, days=days, timezone=timezone,
         retries=retries, retry_delay=retry_delay, agent_uri=agent_uri,
-        max_call_seconds=max_call_seconds,
+        max_call_seconds=max_call_seconds, prompts_dir=settings().scripts.prompts_dir,
     )  # fmt: skip
     run(lambda ledger: create_campaign(ledger.database, spec))
     stdout.print(f"campaign {name} created (draft)")

@@ -84,6 +84,12 @@ class MqttConfig(Section):
     max_packet_bytes: int = Field(default=64 * 1024, ge=1024, le=268_435_455)
 
 
+class ScriptsConfig(Section):
+    #: The folder a script's `say: {wav: NAME}` files are read from at `campaign create`
+    #: (NAME relative to it; nothing outside it). None: the script file's own folder.
+    prompts_dir: str | None = Field(default=None, min_length=1, max_length=4096)
+
+
 class WorkerConfig(Section):
     #: A stable id (one per worker: host name, systemd instance): after a crash the
     #: restarted worker settles its previous run's calls at once instead of waiting
@@ -139,6 +145,7 @@ class Settings(BaseSettings):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     ops: OpsConfig = Field(default_factory=OpsConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    scripts: ScriptsConfig = Field(default_factory=ScriptsConfig)
     billing: BillingConfig = Field(default_factory=BillingConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

@@ -19,7 +19,7 @@ Format (every key but ``blocks`` is optional)::
         say: "Hello! This is Anna from Acme."    # text, synthesised and cached
         next: ask                                # default: end
       chime:
-        say: {wav: sounds/chime.wav}             # a WAV file (relative to the script)
+        say: {wav: sounds/chime.wav}             # a WAV file in the prompts folder
       ask:
         listen:
           timeout: 6                             # seconds; none: until the callee hangs up
@@ -34,6 +34,11 @@ Format (every key but ``blocks`` is optional)::
 The target ``end`` always exists: it hangs up. The ``answering_machine`` intent is
 active from the answer whatever block runs, and ends the call (disposition
 ``answering_machine``); it is not routed by ``listen``.
+
+A ``wav`` names a file inside the prompts folder (``[scripts] prompts_dir``, default: the
+script's own folder): no absolute path, no ``..``, no symlink out of it; PCM 16-bit mono
+at 8 or 16 kHz, at most 5 MiB. At ``campaign create`` its bytes are stored with the
+campaign (dialer.prompts); the host file is never read again.
 
 Limits: 256 KiB, at most 300 sample phrases (built-in ones included) of at most 150
 characters (every call carries them to its line), plain YAML (no aliases, no tags).
@@ -53,6 +58,7 @@ from billing.storage import first_line
 from dialer.amd import MACHINE_INTENT, AmdSettings
 from dialer.errors import DialerError
 from dialer.intents import DEFAULT_THRESHOLD, normalise
+from dialer.prompts import Prompt, PromptFolder, check_name
 from dialer.tts import FESTIVAL_VOICES
 from sip.uri import check_sip_uri
 
@@ -96,7 +102,7 @@ class ScriptError(DialerError):
 @dataclass(frozen=True)
 class Say:
     text: str | None = None
-    wav: str | None = None  # absolute, or GREETING
+    wav: str | None = None  # a prompt's name as written (dialer.prompts), or GREETING
     voice: str | None = None
 
 
@@ -264,7 +270,9 @@ def _check_tree(node: yaml.Node, where: _Where, seen: set[int]) -> None:
             _check_tree(item, where, seen)
 
 
-def parse_script(text: str, source: str = "script", base: Path | None = None) -> Script:
+def parse_script(text: str, source: str = "script", prompts: PromptFolder | None = None) -> Script:
+    """The script in TEXT. ``prompts``: read and check each ``say.wav`` from that folder
+    (campaign create); none: the names are checked, no file is read (a stored script)."""
     where = _Where(source)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -279,14 +287,14 @@ def parse_script(text: str, source: str = "script", base: Path | None = None) ->
         raise ScriptError(f"{source}: the script is empty")
     try:
         _check_tree(root, where, set())
-        return _parse(root, where, source, base)
+        return _parse(root, where, source, prompts)
     except RecursionError:
         raise ScriptError(f"{source}: nested too deeply") from None
     except (yaml.YAMLError, ValueError, KeyError, TypeError) as exc:  # a value YAML can't read
         raise ScriptError(f"{source}: not a valid script: {first_line(exc)}") from None
 
 
-def _parse(root: yaml.Node, where: _Where, source: str, base: Path | None) -> Script:
+def _parse(root: yaml.Node, where: _Where, source: str, prompts: PromptFolder | None) -> Script:
     top = _mapping(root, where, "the script")
     _only(
         top,
@@ -329,7 +337,9 @@ def _parse(root: yaml.Node, where: _Where, source: str, base: Path | None) -> Sc
     block_nodes = _mapping(top["blocks"], where, "blocks")
     if not block_nodes:
         raise where.error(top["blocks"], "no blocks: a script needs at least one block")
-    blocks = {name: _block(name, node, where, base, intents) for name, node in block_nodes.items()}
+    blocks = {
+        name: _block(name, node, where, prompts, intents) for name, node in block_nodes.items()
+    }
     start = _name(top["start"], where, "start") if "start" in top else next(iter(blocks))
     if start not in blocks and start != END:
         raise where.error(top["start"], f"start: no block named {start!r}")
@@ -370,7 +380,7 @@ def _targets(block: Block) -> list[str]:
     return targets
 
 
-def _block(name: str, node: yaml.Node, where: _Where, base: Path | None,
+def _block(name: str, node: yaml.Node, where: _Where, prompts: PromptFolder | None,
            intents: dict[str, tuple[str, ...]]) -> Block:  # fmt: skip
     keys = _mapping(node, where, "a block", name)
     kinds = [k for k in ("say", "listen", "transfer", "end") if k in keys]
@@ -386,7 +396,7 @@ def _block(name: str, node: yaml.Node, where: _Where, base: Path | None,
     line = node.start_mark.line + 1
     action: Action
     if kind == "say":
-        action = _say(body, where, base, name)
+        action = _say(body, where, prompts, name)
     elif kind == "listen":
         action = _listen(body, where, intents, name)
     elif kind == "transfer":
@@ -400,7 +410,7 @@ def _block(name: str, node: yaml.Node, where: _Where, base: Path | None,
     return Block(name, action, nxt, line)
 
 
-def _say(body: yaml.Node, where: _Where, base: Path | None, block: str) -> Say:
+def _say(body: yaml.Node, where: _Where, prompts: PromptFolder | None, block: str) -> Say:
     if isinstance(body, yaml.ScalarNode):
         return Say(text=_text(body, where, "say", block))
     keys = _mapping(body, where, "say", block)
@@ -410,14 +420,14 @@ def _say(body: yaml.Node, where: _Where, base: Path | None, block: str) -> Say:
     voice = _voice(keys["voice"], where, "say.voice", block) if "voice" in keys else None
     if "text" in keys:
         return Say(text=_text(keys["text"], where, "say.text", block), voice=voice)
-    wav = Path(_text(keys["wav"], where, "say.wav", block))
-    wav = wav if wav.is_absolute() or base is None else base / wav
-    if not wav.is_file():
-        raise where.error(keys["wav"], f"say.wav: no file {wav}", block)
-    with open(wav, "rb") as head:
-        if head.read(12)[8:12] != b"WAVE":
-            raise where.error(keys["wav"], f"say.wav: {wav} is not a WAV file", block)
-    return Say(wav=str(wav.resolve()), voice=voice)
+    wav = _text(keys["wav"], where, "say.wav", block)
+    try:
+        check_name(wav)
+        if prompts is not None:
+            prompts.load(wav)
+    except ValueError as exc:
+        raise where.error(keys["wav"], f"say.wav: {exc}", block) from None
+    return Say(wav=wav, voice=voice)
 
 
 def _listen(body: yaml.Node, where: _Where, intents: dict[str, tuple[str, ...]],
@@ -473,8 +483,17 @@ def _transfer(body: yaml.Node, where: _Where, block: str) -> Transfer:
     return Transfer(agent, "bridge" if mode == "bridge" else "refer", on_failure, ring)
 
 
-def load_script(path: str | Path) -> Script:
-    path = Path(path)
+def load_script(
+    path: str | Path, prompts_dir: str | Path | None = None, *, read_prompts: bool = True
+) -> Script:
+    """The script file at PATH, validated. Its prompts are read from ``prompts_dir``
+    (default: the script's folder) unless ``read_prompts`` is false (names checked only)."""
+    return _load(Path(path), prompts_dir, read_prompts)[0]
+
+
+def _load(
+    path: Path, prompts_dir: str | Path | None, read_prompts: bool
+) -> tuple[Script, str, dict[str, Prompt]]:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -485,19 +504,23 @@ def load_script(path: str | Path) -> Script:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ScriptError(f"{path}: not UTF-8 text") from None
-    return parse_script(text, source=path.name, base=path.parent.resolve())
+    folder = PromptFolder(path.parent if prompts_dir is None else prompts_dir)
+    script = parse_script(text, source=path.name, prompts=folder if read_prompts else None)
+    return script, text, folder.read
 
 
-def read_script(path: str | Path) -> tuple[str, str]:
-    """(absolute path, text) of a script, once it has been validated (for storing with
-    a campaign: what was checked is what runs)."""
-    load_script(path)
-    return str(Path(path).resolve()), Path(path).read_text(encoding="utf-8")
+def read_script(
+    path: str | Path, prompts_dir: str | Path | None = None
+) -> tuple[str, str, dict[str, Prompt]]:
+    """(absolute path, text, prompts by name) of a script, once it has been validated
+    (for storing with a campaign: what was checked is what runs, read once)."""
+    _, text, prompts = _load(Path(path), prompts_dir, True)
+    return str(Path(path).resolve()), text, prompts
 
 
 def script_of(path: str | None, text: str | None) -> Script:
-    """A campaign's script from what was stored at create; none: the default script."""
+    """A campaign's script from what was stored at create; none: the default script. Its
+    prompts are played from their stored copies (dialer.prompts.materialise)."""
     if text is None:
         return default_script()
-    base = Path(path).parent if path else None
-    return parse_script(text, source=Path(path).name if path else "script", base=base)
+    return parse_script(text, source=Path(path).name if path else "script")

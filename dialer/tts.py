@@ -4,7 +4,9 @@ Voices: ``slt`` (festival's HTS voice, the default: natural enough for callers a
 the recogniser), ``kal`` and ``ked`` (festival diphone voices), ``espeak:<voice>``
 (espeak-ng, e.g. ``espeak:en-us``). The WAV (16 kHz, 16-bit mono) is cached per engine,
 voice and text under the assets folder, written to a temporary name then renamed, so a
-half-written file is never played. Pre-recorded WAVs in a script play as they are.
+half-written file is never played (folder 0700, files 0600: what the line plays is ours).
+Pre-recorded WAVs in a script are stored with the campaign and play as they are
+(dialer.prompts).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def synthesise(text: str, voice: str | None, folder: Path) -> Path:
     path = folder / "tts" / f"{key}.wav"
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         text_file = Path(tmp) / "text.txt"
         text_file.write_text(text + "\n", encoding="utf-8")
@@ -79,6 +81,7 @@ def synthesise(text: str, voice: str | None, folder: Path) -> Path:
             )
         final = Path(tmp) / "final.wav"
         _to_pcm16(raw, final)
+        os.chmod(final, 0o600)
         os.replace(final, path)
     return path
 

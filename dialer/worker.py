@@ -56,6 +56,7 @@ from dialer.errors import DialerError
 from dialer.events import Events
 from dialer.inbound import InboundRecords, caller_of
 from dialer.pacing import TokenBucket
+from dialer.prompts import materialise
 from dialer.retry import Disposition, RetryPolicy
 from dialer.script import GREETING, Say, Script, script_of
 from dialer.script_run import HangUp, LineAction, Play, ScriptRun, StartTransfer
@@ -422,6 +423,11 @@ class Worker:
     async def _prepare(self, key: tuple[int, str | None], row: Any) -> None:
         try:
             script = script_of(row.script, row.script_text)
+            # pre-recorded prompts play from the copies stored at create (checked by hash),
+            # never from the host path the script named
+            stored = await self.db.run(
+                functools.partial(store.campaign_prompts, campaign_id=row.id), write=False
+            )
             audio: dict[str, str] = {}
             for block in script.blocks.values():
                 action = block.action
@@ -429,7 +435,8 @@ class Worker:
                     if action.wav == GREETING:
                         audio[block.name] = self.greeting
                     elif action.wav is not None:
-                        audio[block.name] = action.wav
+                        wav = await asyncio.to_thread(materialise, self.assets, action.wav, stored)
+                        audio[block.name] = str(wav)
                     elif action.text is not None:
                         wav = await asyncio.to_thread(
                             synthesise, action.text, action.voice or script.voice, self.assets

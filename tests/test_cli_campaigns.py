@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from clitools import Run
+from sqlalchemy import select
 
 from billing.storage import Database
 from dialer import store
@@ -150,3 +153,80 @@ def test_a_campaign_keeps_its_validated_script(acme: Run, tmp_path: Path) -> Non
             return row.script, row.script_text
 
     assert asyncio.run(stored()) == (str(good.resolve()), text)
+
+
+def _prompt_rows(url: str) -> list[tuple[str, str, str, bytes]]:
+    async def read() -> list[tuple[str, str, str, bytes]]:
+        async with Database(url) as database:
+            rows = await database.run(
+                lambda c: c.execute(
+                    select(store.CAMPAIGN.c.name, store.PROMPT.c.name, store.PROMPT.c.sha256,
+                           store.PROMPT.c.content)
+                    .join(store.CAMPAIGN, store.CAMPAIGN.c.id == store.PROMPT.c.campaign_id)
+                    .order_by(store.CAMPAIGN.c.name, store.PROMPT.c.name)
+                ).all(),
+                write=False,
+            )  # fmt: skip
+            return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+
+    return asyncio.run(read())
+
+
+def test_script_prompts_come_only_from_the_prompts_folder_and_are_stored(
+    acme: Run, database: str, tmp_path: Path, tone_wav: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 20: a say.wav outside the prompts folder, or not a WAV the line plays, is
+    refused with one line and nothing written; a good one is stored with the campaign."""
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    good = tone_wav.read_bytes()
+    (prompts / "hello.wav").write_bytes(good)
+    (tmp_path / "outside.wav").write_bytes(good)
+    (prompts / "escape.wav").symlink_to(tmp_path / "outside.wav")
+    (prompts / "fake.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVE" + b"\x00" * 40)
+    script = prompts / "spring.yaml"
+    create = ("campaign", "create", "c1", "--account", "acme", "--trunk", "main",
+              "--script", str(script))  # fmt: skip
+    at = "error: spring.yaml: block 'hi' (line 3): say.wav: "
+    for name, why in [
+        (str(tmp_path / "outside.wav"), "absolute paths are not allowed"),
+        ("../outside.wav", "'../outside.wav': '..' is not allowed (stay in the prompts folder)"),
+        ("escape.wav", f"'escape.wav' leads outside the prompts folder {prompts.resolve()}"),
+        ("fake.wav", "not a playable WAV file (the fmt chunk must come first)"),
+    ]:
+        script.write_text(f"blocks:\n  hi:\n    say: {{wav: '{name}'}}\n")
+        message = acme.fails(*create)
+        assert message.startswith(at) and why in message, message
+    assert acme.json("campaign", "list") == {"campaigns": []}  # nothing half-written
+    assert _prompt_rows(database) == []
+
+    script.write_text("blocks:\n  hi:\n    say: {wav: hello.wav}\n    next: bye\n"
+                      "  bye:\n    say: {wav: hello.wav}\n")  # fmt: skip
+    acme(*create)
+    sha = hashlib.sha256(good).hexdigest()
+    assert _prompt_rows(database) == [("c1", "hello.wav", sha, good)]  # once per name
+
+    # [scripts] prompts_dir: names are relative to it, wherever the script is
+    library = tmp_path / "library"
+    library.mkdir()
+    subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-b", "16", str(library / "bye.wav"),
+                    "synth", "0.5", "sine", "300"], check=True)  # fmt: skip
+    bye = (library / "bye.wav").read_bytes()
+    other = tmp_path / "other.yaml"
+    other.write_text("blocks:\n  bye:\n    say: {wav: bye.wav}\n")
+    config = tmp_path / "dialer.toml"
+    config.write_text(f'[scripts]\nprompts_dir = "{library}"\n')
+    acme("--config", str(config), "campaign", "create", "c2", "--account", "acme",
+         "--trunk", "main", "--script", str(other))  # fmt: skip
+    monkeypatch.setenv("DIALER_SCRIPTS__PROMPTS_DIR", str(tmp_path / "absent"))
+    assert acme.fails("campaign", "create", "c3", "--account", "acme", "--trunk", "main",
+                      "--script", str(other)) == (
+        f"error: other.yaml: block 'bye' (line 3): say.wav: the prompts folder "
+        f"{tmp_path / 'absent'} does not exist"
+    )  # fmt: skip
+    (library / "bye.wav").unlink()  # the host file going away changes nothing stored
+    (prompts / "hello.wav").write_bytes(b"replaced")
+    assert _prompt_rows(database) == [
+        ("c1", "hello.wav", sha, good),
+        ("c2", "bye.wav", hashlib.sha256(bye).hexdigest(), bye),
+    ]

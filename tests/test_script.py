@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 import pytest
 
 from dialer.amd import MACHINE_INTENT, AmdSettings
+from dialer.prompts import Prompt
 from dialer.script import (
     ANSWERING_MACHINE_PHRASES,
     END,
@@ -18,6 +21,8 @@ from dialer.script import (
     default_script,
     load_script,
     parse_script,
+    read_script,
+    script_of,
 )
 from dialer.script_run import HangUp, Play, ScriptRun, StartTransfer
 
@@ -65,13 +70,38 @@ def test_a_valid_script_loads_with_its_blocks_and_intents() -> None:
     )
 
 
-def test_wav_paths_are_relative_to_the_script(tmp_path: Path, tone_wav: Path) -> None:
+def test_wav_names_are_relative_to_the_script_or_the_prompts_folder(
+    tmp_path: Path, tone_wav: Path
+) -> None:
     (tmp_path / "sounds").mkdir()
     (tmp_path / "sounds" / "chime.wav").write_bytes(tone_wav.read_bytes())
     path = tmp_path / "s.yaml"
     path.write_text("blocks:\n  chime:\n    say: {wav: sounds/chime.wav}\n")
     script = load_script(path)
-    assert script.blocks["chime"].action == Say(wav=str((tmp_path / "sounds/chime.wav").resolve()))
+    assert script.blocks["chime"].action == Say(wav="sounds/chime.wav")  # the name, not a path
+    _, _, prompts = read_script(path)
+    data = tone_wav.read_bytes()
+    assert prompts == {"sounds/chime.wav": Prompt(hashlib.sha256(data).hexdigest(), data)}
+    # a prompts folder elsewhere: names are relative to it, not to the script
+    elsewhere = tmp_path / "prompts"
+    (elsewhere / "sounds").mkdir(parents=True)
+    (elsewhere / "sounds" / "chime.wav").write_bytes(data)
+    script_dir = tmp_path / "scripts"
+    script_dir.mkdir()
+    (script_dir / "s.yaml").write_text(path.read_text())
+    assert read_script(script_dir / "s.yaml", elsewhere)[2].keys() == {"sounds/chime.wav"}
+    with pytest.raises(
+        ScriptError, match=re.escape("no file 'sounds/chime.wav' in the prompts folder")
+    ):
+        read_script(script_dir / "s.yaml")
+
+
+def test_a_stored_script_reads_no_file() -> None:
+    """The worker parses the stored text: names are checked, the host is not looked at."""
+    script = script_of("/gone/s.yaml", "blocks:\n  a:\n    say: {wav: gone/never.wav}\n")
+    assert script.blocks["a"].action == Say(wav="gone/never.wav")
+    with pytest.raises(ScriptError, match=r"s.yaml: block 'a' \(line 3\): say.wav: '/etc/x.wav'"):
+        script_of("/gone/s.yaml", "blocks:\n  a:\n    say: {wav: /etc/x.wav}\n")
 
 
 @pytest.mark.parametrize(
@@ -103,7 +133,8 @@ def test_wav_paths_are_relative_to_the_script(tmp_path: Path, tone_wav: Path) ->
         ("blocks:\n  a:\n    transfer: {agent: 'sip:x@y', mode: blind}\n",
          "transfer.mode must be bridge or refer, got 'blind'"),
         ("blocks:\n  a:\n    transfer: {mode: bridge}\n", "transfer needs agent"),
-        ("blocks:\n  a:\n    say: {wav: missing.wav}\n", "block 'a' (line 3): say.wav: no file"),
+        ("blocks:\n  a:\n    say: {wav: missing.wav}\n",
+         "block 'a' (line 3): say.wav: no file 'missing.wav' in the prompts folder"),
         ("blocks:\n  a:\n    say: {}\n", "say needs either text or wav"),
         ("blocks:\n  a:\n    say: '   '\n", "say must be non-empty text"),
         ("intents:\n  yes: []\nblocks:\n  a: {end: {}}\n", "line 2: intent 'yes' must be a list"),
