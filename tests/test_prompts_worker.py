@@ -54,6 +54,7 @@ async def _dial(url: str) -> tuple[dict[str, Any], dict[str, Any], Path, list[An
             deadline = asyncio.get_running_loop().time() + 90
             for name in ("broken", "bare", "legacy"):
                 while not (status := await campaign_status(database, name))["blocked"]:
+                    assert status["state"] == "running", status  # never dialled: still running
                     assert asyncio.get_running_loop().time() < deadline, (name, status)
                     await asyncio.sleep(0.2)
                 blocked[name] = status
