@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
+from pydantic import ValidationError
 from sqlalchemy import Connection
 
 from billing.ledger import BalanceSignal, Ledger, SignalKind
@@ -60,6 +61,7 @@ from dialer.prompts import materialise
 from dialer.retry import Disposition, RetryPolicy
 from dialer.script import GREETING, Say, Script, script_of
 from dialer.script_run import HangUp, LineAction, Play, ScriptRun, StartTransfer
+from dialer.text import shorten
 from dialer.tts import synthesise
 from dialer.windows import CallingWindow, parse_zone
 from sip.pool import DialOutcomeUnknown, DialRefused, LinePool, PoolError
@@ -130,19 +132,34 @@ def event_mono(event: dict[str, Any]) -> float:
     return now
 
 
+_UNUSABLE_TRUNKS: set[tuple[str, str]] = set()  # (name, problem) already logged
+
+
 def trunk_configs(rows: list[Any]) -> tuple[TrunkConfig, ...]:
-    return tuple(
-        TrunkConfig(
-            name=r.name,
-            kind=r.kind,
-            uri=r.uri,
-            outbound_proxy=r.outbound_proxy,
-            username=r.username,
-            password=r.password,
-            registers=r.registers,
-        )
-        for r in rows
-    )
+    """The lines' view of the trunks in use. A row that no longer passes the checks (saved
+    by an older version: a bare `sip:`, a CR/LF in a field) is left out and logged once,
+    never allowed to stop the worker; its campaigns show the trunk as not carried."""
+    found: list[TrunkConfig] = []
+    for r in rows:
+        try:
+            found.append(
+                TrunkConfig(
+                    name=r.name,
+                    kind=r.kind,
+                    uri=r.uri,
+                    outbound_proxy=r.outbound_proxy,
+                    username=r.username,
+                    password=r.password,
+                    registers=r.registers,
+                )
+            )
+        except ValidationError as exc:
+            problem = shorten(exc.errors()[0].get("msg", "invalid"), 120)
+            if (r.name, problem) not in _UNUSABLE_TRUNKS:
+                _UNUSABLE_TRUNKS.add((r.name, problem))
+                log.error("trunk unusable: fix it with `dialer trunk`", trunk=r.name,
+                          problem=problem)  # fmt: skip
+    return tuple(found)
 
 
 def greeting_wav(folder: Path) -> Path:
