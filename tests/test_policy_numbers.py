@@ -78,7 +78,7 @@ def test_countries_are_regions_not_calling_codes() -> None:
     jamaica = NumberFacts.of("+18765550123")  # +1, but Jamaica: a one-ring-scam favourite
     assert jamaica.region == "JM"
     assert us_only.refusal(jamaica) == "in region JM, not an allowed country"
-    assert NumberPolicy.parse("us, ca;gb", None).countries == {"US", "CA", "GB"}
+    assert NumberPolicy.parse("us, ca;gb", None).countries == frozenset({"US", "CA", "GB"})
 
 
 def test_fixed_line_or_mobile_passes_with_either() -> None:
