@@ -58,12 +58,15 @@ def normalise_phone(raw: str, default_region: str | None = None) -> str:
     text = raw.strip()
     if not text:
         raise DialerError("empty phone number")
+    # every caller (contacts, do-not-call lists, caller ids) gets the same cut echo
+    if len(text) > MAX_PHONE_CHARS:
+        raise DialerError(f"bad phone number '{shorten(text)}': too long")
     try:
         number = phonenumbers.parse(text, default_region)
     except phonenumbers.NumberParseException as exc:
-        raise DialerError(f"bad phone number {text!r}: {exc}") from None
+        raise DialerError(f"bad phone number '{shorten(text)}': {exc}") from None
     if not phonenumbers.is_valid_number(number):
-        raise DialerError(f"bad phone number {text!r}: not a valid number")
+        raise DialerError(f"bad phone number '{shorten(text)}': not a valid number")
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
@@ -163,10 +166,7 @@ def parse_contacts(
     seen: dict[str, int] = {}
     for line, row in read_csv(path):
         try:
-            raw = row.get("phone", "")
-            if len(raw) > MAX_PHONE_CHARS:
-                raise DialerError(f"bad phone number '{shorten(raw)}': too long")
-            phone = normalise_phone(raw)
+            phone = normalise_phone(row.get("phone", ""))
         except DialerError as exc:
             parsed.problems.append(f"line {line}: {exc}")
             continue
