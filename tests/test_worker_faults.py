@@ -68,6 +68,9 @@ class ScriptedPool:
         await self.queue.put({"event": "hangup", "call_id": call_id, "by": "remote",
                               "status": 200, "at": answered + self.hangup_after})  # fmt: skip
 
+    def reconfigure(self, trunks: tuple[Any, ...]) -> None:
+        self.trunks = trunks  # the worker's trunks, read at its first refresh
+
     async def hangup(self, call_id: str, reason: str = "") -> None:
         self.hung_up.append(call_id)
 
