@@ -111,6 +111,8 @@ class OpsServer:
             ("dialer_calls_recovered", "Calls of dead workers settled", w.recovered),
             ("dialer_db_write_retries", "Writes retried while the database was away",
              w.db_retries),
+            ("dialer_inbound_unrecorded", "Refused inbound calls over the CDR rate limit",
+             w.inbound_unrecorded),
         ):  # fmt: skip
             family = CounterMetricFamily(name, doc)
             family.add_metric([], value)

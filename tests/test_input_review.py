@@ -8,6 +8,7 @@ import contextlib
 import json
 import secrets
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -70,12 +71,12 @@ async def test_no_message_hides_behind_leading_white_space() -> None:
         port = pool.sip_ports[0]
 
         def probe() -> dict[str, list[int | None]]:
-            heard = {
-                repr(prefix): _udp_answers(port, "127.0.0.1", _request("MESSAGE", port, prefix))
-                for prefix in ("", "\r\n", "\n", " ", "\t", "\r\n\r\n\r\n", " \r\n", "\x0b")
-            }
-            heard["OPTIONS"] = _udp_answers(port, "127.0.0.1", _request("OPTIONS", port))
-            return heard
+            prefixes = ("", "\r\n", "\n", " ", "\t", "\r\n\r\n\r\n", " \r\n", "\x0b")
+            requests = {repr(p): _request("MESSAGE", port, p) for p in prefixes}
+            requests["OPTIONS"] = _request("OPTIONS", port)
+            with ThreadPoolExecutor(len(requests)) as pool_:  # each waits 0.8 s for answers
+                answers = pool_.map(lambda m: _udp_answers(port, "127.0.0.1", m), requests.values())
+                return dict(zip(requests, answers, strict=True))
 
         heard = await asyncio.to_thread(probe)
     assert heard.pop("OPTIONS") == [200]

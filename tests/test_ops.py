@@ -80,6 +80,7 @@ async def test_metrics_and_health_of_a_running_worker(sqlite_url: str, tmp_path:
     assert metrics[("dialer_lines_up", ())] == 2
     assert metrics[("dialer_line_deaths_total", ())] == 0
     assert metrics[("dialer_db_write_retries_total", ())] == 0
+    assert metrics[("dialer_inbound_unrecorded_total", ())] == 0
     assert metrics[("dialer_calls_up", (("state", "answered"),))] == 0
     # balances as the ledger has them: 10 min each, 2 answered calls x 15 s
     for counter in ("telephony", "speech"):

@@ -101,19 +101,21 @@ async def test_strangers_get_no_answer_and_trunks_no_presence(tmp_path: Path) ->
             port = pool.sip_ports[0]
             heard: dict[tuple[str, str], list[int | None]] = {}
 
-            def probe() -> None:
-                for source in (STRANGER, "127.0.0.1"):
-                    for method in ("OPTIONS", "INVITE", "SUBSCRIBE", "MESSAGE"):
-                        with raw_sip(port, source) as peer:
-                            if method == "INVITE":
-                                peer.invite()
-                            elif method == "SUBSCRIBE":
-                                peer.request(method, headers={"Event": "presence", "Expires": "60"})
-                            else:
-                                peer.request(method, body="hi" if method == "MESSAGE" else "")
-                            heard[source, method] = [status_of(r) for r in peer.responses(0.8)]
+            def probe(source: str, method: str) -> None:
+                with raw_sip(port, source) as peer:
+                    if method == "INVITE":
+                        peer.invite()
+                    elif method == "SUBSCRIBE":
+                        peer.request(method, headers={"Event": "presence", "Expires": "60"})
+                    else:
+                        peer.request(method, body="hi" if method == "MESSAGE" else "")
+                    heard[source, method] = [status_of(r) for r in peer.responses(0.8)]
 
-            await asyncio.to_thread(probe)
+            await asyncio.gather(*(
+                asyncio.to_thread(probe, source, method)
+                for source in (STRANGER, "127.0.0.1")
+                for method in ("OPTIONS", "INVITE", "SUBSCRIBE", "MESSAGE")
+            ))  # fmt: skip
             with socket.socket() as tcp:
                 tcp.bind((STRANGER, 0))
                 tcp.settimeout(1.5)

@@ -167,14 +167,14 @@ class _SteppedClock:
 
 
 async def test_a_wall_clock_step_mid_call_is_not_billed(
-    db_url: str, tmp_path: Path, voice: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str, tmp_path: Path, voice: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """+1 h on the worker's wall clock 2 s into an 8 s call: billed by the callee's
     clock, 15 s, not 3,615 s."""
     clock = _SteppedClock()
     monkeypatch.setattr(worker_module, "time", clock)
     with simulator(tmp_path, _plan(voice, {"+14155556201": 8})) as sim:
-        async with Database(db_url) as database:
+        async with Database(sqlite_url) as database:
             ledger = Ledger(database)
             await setup_account(database, ledger, sim, "platform", 10)
             await make_campaign(database, tmp_path, "stepped", "main", ["+14155556201,"])
