@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from billing.errors import BillingError
 from billing.tariff import DEFAULT_INCREMENT_SECONDS, Tariff
+from sip.protocol import check_sources, check_user_agent
 from sip.uri import check_host
 
 DEFAULT_CONFIG_FILE = Path("dialer.toml")
@@ -57,19 +58,9 @@ class SipConfig(Section):
         # it goes into the lines' SIP transports and their Contact/From URIs
         return check_host(value, "an address")
 
-    @field_validator("allow_from")
-    @classmethod
-    def _sources(cls, value: list[str]) -> list[str]:
-        from sip.protocol import check_sources
-
-        return check_sources(value)
-
-    @field_validator("user_agent")
-    @classmethod
-    def _agent(cls, value: str) -> str:
-        if not all(" " <= ch <= "~" for ch in value):
-            raise ValueError("user_agent: printable ASCII only")
-        return value
+    # the lines' own rules, so that a bad value stops `dialer worker` at its config
+    _sources = field_validator("allow_from")(classmethod(lambda cls, v: check_sources(v)))
+    _agent = field_validator("user_agent")(classmethod(lambda cls, v: check_user_agent(v)))
 
 
 class MqttConfig(Section):

@@ -91,6 +91,12 @@ def check_sources(entries: list[str]) -> list[str]:
     return entries
 
 
+def check_user_agent(value: str) -> str:
+    if not value or not _VALUE.match(value):
+        raise ValueError("user_agent: printable ASCII only, 1-64 characters")
+    return value
+
+
 def check_headers(headers: dict[str, str]) -> dict[str, str]:
     """SIP header names are tokens; values are printable ASCII without CR/LF (no header
     injection into the INVITE)."""
@@ -164,17 +170,8 @@ class LineConfig(BaseModel):
     filter_sources: bool = True
     user_agent: str = Field(default="campaign-dialer", max_length=64)
 
-    @field_validator("allow_from")
-    @classmethod
-    def _sources(cls, value: list[str]) -> list[str]:
-        return check_sources(value)
-
-    @field_validator("user_agent")
-    @classmethod
-    def _agent(cls, value: str) -> str:
-        if not _VALUE.match(value):
-            raise ValueError("user_agent: printable ASCII only")
-        return value
+    _sources = field_validator("allow_from")(classmethod(lambda cls, v: check_sources(v)))
+    _agent = field_validator("user_agent")(classmethod(lambda cls, v: check_user_agent(v)))
 
 
 # -- commands ----------------------------------------------------------------------------

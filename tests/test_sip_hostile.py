@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from rawsip import RawSip, raw_sip, status_of
 from siputil import Sipp, events_until, names, pool_of, sipps, trunk
 from sqlalchemy import select
@@ -23,6 +24,7 @@ from billing.storage import Database
 from dialer import store
 from dialer.config import SipConfig
 from dialer.worker import Worker
+from sip.protocol import LineConfig
 
 FINAL = {"failed", "hangup", "interrupted"}
 STRANGER = "127.0.0.2"  # another address on loopback: not a trunk's
@@ -245,3 +247,23 @@ async def test_what_our_invites_say_about_us(
     invite = uas.received("INVITE")[0]
     assert invite.header("X-Campaign") == ("c-main" if configured else None)
     assert invite.header("User-Agent") == ("acme-pbx/2.1" if configured else "campaign-dialer")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("allow_from", ["bad host!"], "allow_from: not an IPv4 address, network or host"),
+        ("allow_from", ["10.0.0.0/8\r\nX: 1"], "allow_from: not an IPv4 address"),
+        ("user_agent", "dialer\r\nX-Injected: 1", "user_agent: printable ASCII only"),
+        ("user_agent", "", "at least 1 character|user_agent: printable ASCII only"),
+    ],
+)
+def test_sip_settings_are_checked_where_they_are_read(
+    field: str, value: object, message: str
+) -> None:
+    """The worker's [sip] section and each line's configuration apply the same rules: a
+    User-Agent with a line break would inject a header into every request."""
+    with pytest.raises(ValidationError, match=message):
+        SipConfig(**{field: value})
+    with pytest.raises(ValidationError, match=message):
+        LineConfig(sip_port=0, rtp_port=20000, **{field: value})
