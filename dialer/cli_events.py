@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 from typing import Annotated, Any
 
 import aiomqtt
@@ -24,9 +23,9 @@ from dialer.cli import app, emit_json, settings
 from dialer.errors import DialerError
 from dialer.events import PREFIX
 from dialer.mqtt import client_for
+from dialer.text import strip_controls
 
 QUIET_SECONDS = 1.0  # without --follow: what is retained arrives at once
-CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @app.command("events")
@@ -70,7 +69,7 @@ async def _follow(cfg: Any, account: str | None, follow: bool, as_json: bool,
 def clean(value: Any) -> Any:
     """``value`` (decoded JSON) with the control characters of every string removed."""
     if isinstance(value, str):
-        return CONTROLS.sub("", value)
+        return strip_controls(value)
     if isinstance(value, dict):
         return {clean(str(k)): clean(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -53,6 +53,7 @@ from billing.storage import first_line
 from dialer import service
 from dialer.errors import DialerError
 from dialer.events import PREFIX, Events, worker_topic
+from dialer.text import has_controls, shorten
 
 log = structlog.get_logger("dialer.mqtt")
 
@@ -60,7 +61,6 @@ MAX_PAYLOAD = 16 * 1024  # a command's JSON
 DEFAULT_MAX_PACKET = 64 * 1024  # announced in CONNECT: the broker sends nothing bigger
 OPERATOR = "_operator"  # the operator's topic level: no account name starts with "_"
 MAX_ECHO = 40  # customer input quoted in an error is cut to this
-CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
 SHARE_GROUP = "dialer-workers"
 PUBLISH_WINDOW = 32  # QoS 1 publishes in flight: one round trip per window, not per event
 MAX_QUEUED_COMMANDS = 1000  # incoming commands waiting: the broker holds the rest
@@ -86,9 +86,7 @@ def broker_of(url: str) -> tuple[str, int, bool]:
 
 def cut(value: object, width: int = MAX_ECHO) -> str:
     """Customer input as an error quotes it: its start only, control characters escaped."""
-    text = str(value)
-    shown = CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text[:width])
-    return f"{shown}... ({len(text)} characters)" if len(text) > width else shown
+    return shorten(value, width)
 
 
 def client_for(
@@ -413,7 +411,7 @@ class MqttBridge:
         if reference is not None and (
             not isinstance(reference, str)
             or not 1 <= len(reference) <= MAX_REFERENCE
-            or CONTROLS.search(reference)
+            or has_controls(reference)
         ):
             raise Reply(f"reference must be a string of 1-{MAX_REFERENCE} printable characters")
         result = await service.topup(self.ledger, account, counter, minutes, reference)
