@@ -21,6 +21,9 @@ class Disposition(StrEnum):
     INTERRUPTED = "interrupted"
     INBOUND_REJECTED = "inbound_rejected"
     CANCELLED = "cancelled"
+    # contacts finished without a call
+    DNC = "dnc"  # on the account's do-not-call list
+    NUMBER_POLICY = "number_policy"  # refused by the account's or trunk's number policy
 
 
 #: A human conversation or an explicit refusal is final; the rest may be tried again.

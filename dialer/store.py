@@ -17,7 +17,9 @@ from sqlalchemy.exc import IntegrityError
 
 from billing.ledger import account_id, call_debits, gate
 from billing.tariff import Counter, Tariff, TrunkKind
-from dialer.campaign_state import Status
+from dialer.call import next_attempt
+from dialer.campaign_state import CampaignState, Status
+from dialer.contact_state import ContactState, ContactStep, Lease, after_call, move
 from dialer.errors import DialerError
 from dialer.models import (
     AccountPolicy,
@@ -40,8 +42,7 @@ DNC = DncEntry.__table__  # type: ignore[attr-defined]
 POLICY = AccountPolicy.__table__  # type: ignore[attr-defined]
 PROMPT = CampaignPrompt.__table__  # type: ignore[attr-defined]
 
-PENDING, IN_PROGRESS, DONE = "pending", "in_progress", "done"
-NUMBER_POLICY = "number_policy"  # the disposition of a contact the policy refused
+PENDING, IN_PROGRESS, DONE = ContactState.PENDING, ContactState.IN_PROGRESS, ContactState.DONE
 
 
 class UnknownName(DialerError):
@@ -191,7 +192,7 @@ def running_campaigns(conn: Connection) -> Sequence[Any]:
     return conn.execute(
         select(CAMPAIGN, TRUNK.c.kind.label("trunk_kind"), TRUNK.c.name.label("trunk_name"))
         .join(TRUNK, TRUNK.c.id == CAMPAIGN.c.trunk_id)
-        .where(CAMPAIGN.c.state == "running")
+        .where(CAMPAIGN.c.state == CampaignState.RUNNING.value)
         .order_by(CAMPAIGN.c.id)
     ).all()
 
@@ -212,6 +213,28 @@ def campaigns_of_account(conn: Connection, account: str, *, lock: bool = False) 
 
 
 # -- contacts -----------------------------------------------------------------------------
+
+
+def contact_values(
+    step: ContactStep, *, worker: str | None = None, until: datetime | None = None
+) -> dict[str, Any]:
+    """The columns a lifecycle step (dialer.contact_state) sets; the caller's WHERE also
+    requires ``move(step).before`` (use ``in_state``)."""
+    m = move(step)
+    values: dict[str, Any] = {"state": m.after.value}
+    if m.attempts:
+        values["attempts"] = CONTACT.c.attempts + m.attempts
+    if m.lease is Lease.TAKE:
+        values |= {"lease_owner": worker, "lease_until": until}
+    elif m.lease is Lease.KEEP:
+        values["lease_until"] = until
+    else:  # leaving in_progress, or never in it: no lease
+        values |= {"lease_owner": None, "lease_until": None}
+    return values
+
+
+def in_state(step: ContactStep) -> Any:
+    return CONTACT.c.state == move(step).before.value
 
 
 def insert_contacts(conn: Connection, campaign_id: int, rows: list[dict[str, Any]]) -> int:
@@ -274,7 +297,7 @@ def claim_contacts(
         return ClaimResult([], True)
     # only pending ones: an in-progress contact whose lease ran out (its worker died)
     # goes through reconcile_abandoned first, which knows whether its call was answered
-    claimable = CONTACT.c.state == PENDING
+    claimable = in_state(ContactStep.CLAIM)
     due = conn.execute(
         select(CONTACT)
         .where(
@@ -313,11 +336,12 @@ def claim_contacts(
         held = set(conn.execute(stmt).scalars())
         return [r for r in rows if r.id in held]
 
+    refuse = contact_values(ContactStep.REFUSE)
     for row in lock(dnc):
         conn.execute(
             update(CONTACT)
             .where(CONTACT.c.id == row.id)
-            .values(state=DONE, last_disposition="dnc", lease_owner=None, lease_until=None)
+            .values(refuse | {"last_disposition": Disposition.DNC.value})
         )
     refusals: list[tuple[int, str, str]] = []
     for row in lock(refused):
@@ -325,15 +349,17 @@ def claim_contacts(
         conn.execute(
             update(CONTACT)
             .where(CONTACT.c.id == row.id)
-            .values(state=DONE, last_disposition=NUMBER_POLICY, last_reason=reason[:255],
-                    lease_owner=None, lease_until=None)
+            .values(refuse | {"last_disposition": Disposition.NUMBER_POLICY.value,
+                              "last_reason": reason[:255]})
         )  # fmt: skip
         refusals.append((row.id, row.phone, reason))
     for row in lock(closed):
         conn.execute(
             update(CONTACT)
             .where(CONTACT.c.id == row.id)
-            .values(next_attempt_at=next_open(row.timezone), state=PENDING, lease_owner=None)
+            .values(
+                contact_values(ContactStep.DEFER) | {"next_attempt_at": next_open(row.timezone)}
+            )
         )
     claimed: list[Claimed] = []
     for row in sorted(lock(ready, limit), key=lambda r: ready.index(r)):
@@ -341,10 +367,9 @@ def claim_contacts(
             update(CONTACT)
             .where(CONTACT.c.id == row.id)
             .values(
-                state=IN_PROGRESS,
-                attempts=row.attempts + 1,
-                lease_owner=worker,
-                lease_until=now + timedelta(seconds=lease_seconds),
+                contact_values(
+                    ContactStep.CLAIM, worker=worker, until=now + timedelta(seconds=lease_seconds)
+                )
             )
         )
         claimed.append(
@@ -401,7 +426,7 @@ class SharedBudget:
             math.floor(trunk_tokens + 1e-9),
             math.floor(campaign_tokens + 1e-9),
         )
-        if campaign.state != "running":  # paused since the worker last looked
+        if campaign.state != CampaignState.RUNNING.value:  # paused since the worker last looked
             calls = 0
         return cls(
             trunk_id, campaign_id, now,
@@ -437,23 +462,16 @@ def release_contact(
 ) -> bool:
     """Finish or re-queue a contact this worker holds. False: the lease was no longer
     ours (recovery settled it while we were cut off): it is left as it is."""
-    values: dict[str, Any] = {
-        "last_disposition": disposition,
-        "lease_owner": None,
-        "lease_until": None,
-    }
-    if next_attempt is None:
-        values["state"] = DONE
-    else:
-        values |= {"state": PENDING, "next_attempt_at": next_attempt}
+    values = contact_values(after_call(next_attempt)) | {"last_disposition": disposition}
+    if next_attempt is not None:
+        values["next_attempt_at"] = next_attempt
     done = conn.execute(update(CONTACT).where(held_by(contact_id, worker)).values(values))
     return bool(done.rowcount)
 
 
 def held_by(contact_id: int, worker: str) -> Any:
-    return and_(
-        CONTACT.c.id == contact_id, CONTACT.c.state == IN_PROGRESS, CONTACT.c.lease_owner == worker
-    )
+    return and_(CONTACT.c.id == contact_id, CONTACT.c.state == IN_PROGRESS,
+                CONTACT.c.lease_owner == worker)  # fmt: skip
 
 
 def unclaim(conn: Connection, contact_id: int, worker: str) -> None:
@@ -461,7 +479,7 @@ def unclaim(conn: Connection, contact_id: int, worker: str) -> None:
     conn.execute(
         update(CONTACT)
         .where(held_by(contact_id, worker))
-        .values(state=PENDING, attempts=CONTACT.c.attempts - 1, lease_owner=None, lease_until=None)
+        .values(contact_values(ContactStep.GIVE_BACK))
     )
 
 
@@ -502,7 +520,8 @@ def reconcile_abandoned(
             billed = debits[call.call_id]
             conn.execute(
                 update(CALL).where(CALL.c.call_id == call.call_id).values(
-                    ended_at=now, disposition="interrupted", hangup_by="recovery",
+                    ended_at=now, disposition=Disposition.INTERRUPTED.value,
+                    hangup_by="recovery",
                     billed_telephony_seconds=billed[Counter.TELEPHONY],
                     billed_speech_seconds=billed[Counter.SPEECH],
                 )
@@ -511,23 +530,21 @@ def reconcile_abandoned(
                             "owner": owner, "answered": call.answered_at is not None
                             or any(billed.values()),
                             "billed": {c.value: s for c, s in billed.items()}})  # fmt: skip
-        values: dict[str, Any] = {"lease_owner": None, "lease_until": None}
-        if answered:
-            values |= {"state": DONE, "last_disposition": "interrupted"}
-        elif calls:  # dialled, never answered: retried as the campaign's policy says
+        if calls:  # the call's own rule (dialer.call), as if its line had died
             contact = conn.execute(
                 select(CONTACT.c.attempts, CAMPAIGN.c.retry)
                 .join(CAMPAIGN, CAMPAIGN.c.id == CONTACT.c.campaign_id)
                 .where(CONTACT.c.id == contact_id)
             ).one()
-            retry_at = RetryPolicy.from_json(contact.retry).next_attempt(
-                Disposition.INTERRUPTED, contact.attempts, now
-            )
-            values |= {"last_disposition": "interrupted", "state": DONE}
+            policy = RetryPolicy.from_json(contact.retry)
+            retry_at = next_attempt(policy, Disposition.INTERRUPTED, contact.attempts, answered,
+                                    now)  # fmt: skip
+            values = contact_values(after_call(retry_at))
+            values["last_disposition"] = Disposition.INTERRUPTED.value
             if retry_at is not None:
-                values |= {"state": PENDING, "next_attempt_at": retry_at}
+                values["next_attempt_at"] = retry_at
         else:  # claimed, never dialled
-            values |= {"state": PENDING, "attempts": CONTACT.c.attempts - 1}
+            values = contact_values(ContactStep.GIVE_BACK)
         conn.execute(update(CONTACT).where(CONTACT.c.id == contact_id).values(values))
     return settled
 
@@ -561,11 +578,8 @@ def settle_call(
         select(CONTACT.c.attempts).where(held_by(contact_id, worker))
     ).scalar_one_or_none()
     if attempts is not None:
-        retry_at = None
-        if not answered:
-            retry_at = RetryPolicy.from_json(retry).next_attempt(
-                Disposition.INTERRUPTED, attempts, now
-            )
+        retry_at = next_attempt(RetryPolicy.from_json(retry), Disposition.INTERRUPTED, attempts,
+                                answered, now)  # fmt: skip
         release_contact(conn, contact_id, Disposition.INTERRUPTED.value, retry_at, worker)
     return {c.value: s for c, s in billed.items()}
 
@@ -576,7 +590,7 @@ def extend_leases(conn: Connection, contact_ids: list[int], until: datetime, wor
             update(CONTACT)
             .where(CONTACT.c.id.in_(contact_ids), CONTACT.c.lease_owner == worker,
                    CONTACT.c.state == IN_PROGRESS)
-            .values(lease_until=until)
+            .values(contact_values(ContactStep.RENEW, until=until))
         )  # fmt: skip
 
 
