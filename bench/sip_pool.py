@@ -21,12 +21,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sip.pool import LinePool, PoolConfig, PoolFull, UnknownCall  # noqa: E402
+from sip.events import Answered, CallEnded, Failed, Hangup, Interrupted, LineEvent  # noqa: E402
+from sip.pool import LinePool, PoolClosed, PoolConfig, PoolFull, UnknownCall  # noqa: E402
 from sip.protocol import TrunkConfig  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -126,37 +126,40 @@ class Driver:
 
     def __init__(self, pool: LinePool) -> None:
         self.pool = pool
-        self.waiters: dict[str, tuple[set[str], asyncio.Future[dict[str, Any]]]] = {}
+        self.waiters: dict[str, tuple[tuple[type, ...], asyncio.Future[LineEvent]]] = {}
         self.up: set[str] = set()
         self.answered_at: dict[str, float] = {}
-        self.seen: dict[str, dict[str, dict[str, Any]]] = {}
+        self.seen: dict[str, list[LineEvent]] = {}
         self.failures = 0
         self.task = asyncio.create_task(self._route())
 
     async def _route(self) -> None:
-        async for event in self.pool.events():
-            call_id = event.get("call_id")
+        while True:
+            try:
+                event = await self.pool.next_event()
+            except PoolClosed:
+                return
+            call_id = getattr(event, "call_id", None)
             if call_id is None:
                 continue
-            name = event["event"]
-            self.seen.setdefault(call_id, {})[name] = event
-            if name == "answered":
+            self.seen.setdefault(call_id, []).append(event)
+            if isinstance(event, Answered):
                 self.up.add(call_id)
-                self.answered_at[call_id] = event["at"]
-            elif name in ("hangup", "failed", "interrupted"):
+                self.answered_at[call_id] = event.at or time.time()
+            elif isinstance(event, CallEnded):
                 self.up.discard(call_id)
-                if name != "hangup" or event.get("by") != "local":
+                if not isinstance(event, Hangup) or event.by != "local":
                     self.failures += 1
             waiter = self.waiters.get(call_id)
-            if waiter and name in waiter[0] and not waiter[1].done():
+            if waiter and isinstance(event, waiter[0]) and not waiter[1].done():
                 waiter[1].set_result(event)
 
-    async def wait(self, call_id: str, names: set[str], within: float = 30) -> dict[str, Any]:
-        for name, event in self.seen.get(call_id, {}).items():
-            if name in names:  # it came before we asked
+    async def wait(self, call_id: str, kinds: tuple[type, ...], within: float = 30) -> LineEvent:
+        for event in self.seen.get(call_id, []):
+            if isinstance(event, kinds):  # it came before we asked
                 return event
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiters[call_id] = (names, future)
+        future: asyncio.Future[LineEvent] = asyncio.get_running_loop().create_future()
+        self.waiters[call_id] = (kinds, future)
         try:
             async with asyncio.timeout(within):
                 return await future
@@ -191,17 +194,17 @@ async def pool_rate(lines: int, hold: float, duration: float) -> Phase:
                 except PoolFull:
                     await asyncio.sleep(0.01)
                     continue
-                event = await driver.wait(call_id, {"answered", "failed", "interrupted"})
-                if event["event"] != "answered":
+                event = await driver.wait(call_id, (Answered, Failed, Interrupted))
+                if not isinstance(event, Answered) or event.at is None:
                     continue
-                latencies.append(event["at"] - sent)
+                latencies.append(event.at - sent)
                 await asyncio.sleep(hold)
                 try:
                     await pool.hangup(call_id)
                 except UnknownCall:  # it ended by itself: counted in failures
                     print("ended early:", driver.seen.get(call_id), file=sys.stderr)
                     continue
-                await driver.wait(call_id, {"hangup", "failed", "interrupted"})
+                await driver.wait(call_id, (Hangup, Failed, Interrupted))
                 completed += 1
 
         pids = [pid for pid in pool.pids() if pid]

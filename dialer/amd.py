@@ -1,7 +1,8 @@
 """Answering-machine detection: the decision rules over what the line heard (pure).
 
 Input: the facts of ``sip.speech.CallAnalyzer`` (voice segments, partial and final
-transcripts, tones) with ``audio_s`` = seconds since the answer. Output: at most one
+transcripts, tones) as ``sip.events.Speech`` events, with ``audio_s`` = seconds since the
+answer. Output: at most one
 ``machine`` decision, as early as the evidence allows, and for ``dialer amd classify``
 a verdict at the end of the audio.
 
@@ -19,11 +20,11 @@ wins): the first utterance is short (``human_max_seconds``) and followed by sile
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from dialer.intents import DEFAULT_THRESHOLD, IntentMatcher
+from sip.events import Speech
 
 MACHINE_INTENT = "answering_machine"
 
@@ -81,11 +82,11 @@ class AmdDetector:
         self.voice_since = self.monologue_since = self.last_voice_end = None
         self.timed = False
 
-    def feed(self, fact: Mapping[str, Any]) -> Decision | None:
+    def feed(self, fact: Speech) -> Decision | None:
         """One fact; returns the machine decision the first time there is one."""
         if self.machine is not None:
-            if fact.get("kind") == "final":
-                self.transcripts.append(str(fact.get("text", "")))
+            if fact.kind == "final":
+                self.transcripts.append(fact.text or "")
             return None
         decision = self._judge(fact)
         if decision is not None and decision.decision == "machine":
@@ -93,15 +94,15 @@ class AmdDetector:
             return decision
         return None
 
-    def _judge(self, fact: Mapping[str, Any]) -> Decision | None:
+    def _judge(self, fact: Speech) -> Decision | None:
         s = self.settings
-        kind = fact.get("kind")
-        at = float(fact.get("audio_s", 0.0))
+        kind = fact.kind
+        at = fact.audio_s
         if kind == "tone":
-            tone = fact.get("tone")
+            tone = fact.tone
             if (tone == "beep" and s.beep) or (tone == "sit" and s.sit):
                 label = "voicemail beep" if tone == "beep" else "SIT tones (carrier intercept)"
-                reason = f"{label} at {fact.get('freq')} Hz, {fact.get('duration')} s"
+                reason = f"{label} at {fact.freq} Hz, {fact.duration} s"
                 return Decision("machine", str(tone), reason, at, None, self.transcript)
             return self._cadence(at)
         if kind == "voice_start":
@@ -110,7 +111,7 @@ class AmdDetector:
                 self.monologue_since = at
             return None
         if kind in ("partial", "final"):
-            text = str(fact.get("text", ""))
+            text = fact.text or ""
             if kind == "final":
                 self.transcripts.append(text)
             match = self.matcher.best(text, only=[MACHINE_INTENT])
@@ -124,7 +125,7 @@ class AmdDetector:
             start, self.voice_since = self.voice_since, None
             self.last_voice_end = at
             self.utterances += 1
-            duration = float(fact.get("duration", 0.0))
+            duration = fact.duration or 0.0
             if (
                 decision is None
                 and self.timed

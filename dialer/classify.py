@@ -14,6 +14,7 @@ from dialer.amd import AmdDetector, AmdSettings, Decision
 from dialer.errors import DialerError
 from dialer.intents import IntentMatcher
 from dialer.script import Script, default_script
+from sip.events import Speech
 from sip.recognizer import Recognizer, pocketsphinx_factory
 from sip.speech import SAMPLE_RATE, AudioFileError, analyze_samples, load_wav
 
@@ -56,8 +57,8 @@ def classify(
         IntentMatcher(script.intents, script.threshold),
         settings or script.amd,
     )
-    for fact in facts:
-        detector.feed(fact)
+    for fact in facts:  # as the line would send them about a call
+        detector.feed(Speech(call_id="file", **fact))
     seconds = len(samples) / SAMPLE_RATE
     verdict = detector.verdict(seconds)
     transcript = " ".join(str(f["text"]) for f in facts if f["kind"] == "final")

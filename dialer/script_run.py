@@ -15,6 +15,7 @@ from typing import Any
 from dialer.amd import AmdDetector, AmdSettings, Decision
 from dialer.intents import IntentMatcher
 from dialer.script import END, Block, End, Listen, Say, Script, Transfer
+from sip.events import Speech
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class ScriptRun:
             return self._enter(self.block.next, now)
         return []
 
-    def speech(self, fact: Mapping[str, Any], now: float) -> list[LineAction]:
+    def speech(self, fact: Speech, now: float) -> list[LineAction]:
         if self.ended or self.with_agent or self.answered_at is None:
             return []
         decision = self.amd.feed(fact)
@@ -84,15 +85,13 @@ class ScriptRun:
             self.deadline = None
             return [HangUp("answering machine", decision)]
         block = self.block
-        if fact.get("kind") == "final" and block is not None and isinstance(block.action, Listen):
+        if fact.kind == "final" and block is not None and isinstance(block.action, Listen):
             routes = block.action.intents
-            match = (
-                self.matcher.best(str(fact.get("text", "")), only=list(routes)) if routes else None
-            )
+            match = self.matcher.best(fact.text or "", only=list(routes)) if routes else None
             if match is not None:
                 self.heard.append(
                     {"block": block.name, "intent": match.intent, "score": match.score,
-                     "text": fact.get("text")}
+                     "text": fact.text}
                 )  # fmt: skip
                 return self._enter(routes[match.intent], now)
         return []

@@ -64,7 +64,25 @@ from dialer.script_run import HangUp, LineAction, Play, ScriptRun, StartTransfer
 from dialer.text import shorten
 from dialer.tts import synthesise
 from dialer.windows import CallingWindow, parse_zone
-from sip.pool import DialOutcomeUnknown, DialRefused, LinePool, PoolError
+from sip.events import (
+    AgentAnswered,
+    AgentEnded,
+    AgentFailed,
+    Answered,
+    CallEnded,
+    Error,
+    Failed,
+    Hangup,
+    InboundRejected,
+    Interrupted,
+    LineDied,
+    LineEvent,
+    PlayDone,
+    Registration,
+    Ringing,
+    Speech,
+)
+from sip.pool import DialOutcomeUnknown, DialRefused, LinePool, PoolClosed, PoolError
 from sip.protocol import TrunkConfig
 from sip.recognizer import private_temp_dir
 
@@ -80,8 +98,7 @@ LOOP_SECONDS = 0.05
 LEASE_SECONDS = 900
 PAUSE_AGAIN_SECONDS = 2.0
 TICK_GRACE = 0.25  # s after an increment boundary before it is taken (see _run_session)
-METERED = frozenset({"answered", "agent_answered", "agent_ended", "hangup", "failed",
-                     "interrupted"})  # fmt: skip
+METERED = (Answered, AgentAnswered, AgentEnded, Hangup, Failed, Interrupted)
 #: an event without ``mono`` (an older line): its wall stamp says how old it is, trusted
 #: only up to this (a clock step in between must not move the bill by more)
 MAX_EVENT_AGE = 5.0
@@ -89,12 +106,12 @@ OUTAGE_FIRST_RETRY = 0.25  # database unavailable: retry writes, back off to ...
 OUTAGE_MAX_RETRY = 5.0
 
 
-def disposition_of_failure(event: dict[str, Any]) -> Disposition:
+def disposition_of_failure(event: Failed) -> Disposition:
     """An unanswered call's disposition from the SIP facts the line reported."""
-    status = int(event.get("status") or 0)
-    if event.get("timeout"):
+    status = event.status
+    if event.timeout:
         return Disposition.NO_ANSWER
-    if event.get("by") == "local":
+    if event.by == "local":
         return Disposition.CANCELLED
     if status in (486, 600):
         return Disposition.BUSY
@@ -118,15 +135,15 @@ def wall_of(mono: float) -> datetime | None:
     return wall(time.time() - (time.monotonic() - mono))
 
 
-def event_mono(event: dict[str, Any]) -> float:
+def event_mono(event: LineEvent) -> float:
     """When the line says the event happened, on the monotonic clock."""
     now = time.monotonic()
-    mono = event.get("mono")
-    if isinstance(mono, int | float) and not isinstance(mono, bool) and math.isfinite(mono):
-        return min(float(mono), now)  # never in the future
-    at = event.get("at")
-    if isinstance(at, int | float) and not isinstance(at, bool) and math.isfinite(at):
-        age = time.time() - float(at)
+    mono = event.mono
+    if mono is not None and math.isfinite(mono):
+        return min(mono, now)  # never in the future
+    at = event.at
+    if at is not None and math.isfinite(at):
+        age = time.time() - at
         if 0.0 <= age <= MAX_EVENT_AGE:
             return now - age
     return now
@@ -209,7 +226,7 @@ class Session:
     meter: CallMeter
     invite_at: float  # wall (the CDR)
     invite_mono: float = 0.0
-    events: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    events: asyncio.Queue[LineEvent] = field(default_factory=asyncio.Queue)
     cdr: dict[str, Any] = field(default_factory=dict)
     line: str | None = None
     task: asyncio.Task[None] | None = None
@@ -660,8 +677,9 @@ class Worker:
                       error=str(exc))  # fmt: skip
             self._undialled.pop(contact.contact_id, None)
             session.task = asyncio.create_task(self._run_session(session), name=call_id)
-            session.events.put_nowait({"event": "interrupted", "call_id": call_id,
-                                       "at": time.time(), "mono": time.monotonic()})  # fmt: skip
+            session.events.put_nowait(
+                Interrupted(call_id=call_id, at=time.time(), mono=time.monotonic())
+            )
             return True
         except BaseException as exc:
             self.sessions.pop(call_id, None)
@@ -811,19 +829,23 @@ class Worker:
     # -- one call -------------------------------------------------------------------------
 
     async def _route_events(self) -> None:
-        async for event in self.pool.events():
-            session = self.sessions.get(event.get("call_id", ""))
+        while True:
+            try:
+                event = await self.pool.next_event()
+            except PoolClosed:
+                return
+            session = self.sessions.get(getattr(event, "call_id", None) or "")
             if session is not None:
                 session.events.put_nowait(event)
-            elif event["event"] == "inbound_rejected":
+            elif isinstance(event, InboundRejected):
                 try:
                     await self._record_inbound(event)
                 except Exception:  # never let one record stop the routing of all calls
                     log.exception("could not record an inbound call")
-            elif event["event"] in ("line_died", "registration"):
-                log.info(event["event"], **{k: v for k, v in event.items() if k != "event"})
+            elif isinstance(event, LineDied | Registration):
+                log.info(event.event, **event.model_dump(exclude={"v", "event"}, exclude_none=True))
 
-    async def _record_inbound(self, event: dict[str, Any]) -> None:
+    async def _record_inbound(self, event: InboundRejected) -> None:
         """Campaign bots take no calls: the line refused it; it is recorded (at a bounded
         rate: a flood of INVITEs is not a flood of rows), never billed."""
         if not self.inbound.admit(time.monotonic()):
@@ -833,13 +855,13 @@ class Worker:
                 log.warning("inbound calls rejected without a record (rate limit)",
                             count=self.inbound.take_dropped())  # fmt: skip
             return
-        at = wall(float(event.get("at") or time.time()))
+        at = wall(event.at or time.time())
         cdr = {
             "call_id": f"in-{uuid.uuid4().hex[:12]}", "account": "",
-            "phone": caller_of(event.get("from")),
+            "phone": caller_of(event.from_),
             "direction": "inbound", "trunk_kind": "", "invite_at": at, "ended_at": at,
-            "sip_status": event.get("status"), "disposition": Disposition.INBOUND_REJECTED.value,
-            "hangup_by": "local", "line": event.get("line"),
+            "sip_status": event.status, "disposition": Disposition.INBOUND_REJECTED.value,
+            "hangup_by": "local", "line": event.line,
         }  # fmt: skip
         log.info("inbound call rejected", caller=cdr["phone"], status=cdr["sip_status"])
         await self.db.run(lambda conn: store.write_call(conn, cdr))
@@ -884,18 +906,16 @@ class Worker:
                         with contextlib.suppress(PoolError):
                             await self.pool.hangup(session.call_id, "max call seconds")
                     continue
-                name = event["event"]
                 at = event_mono(event)  # the meter's and the script's clock
-                stamp = event.get("at")  # the line's wall clock: the CDR's times
-                stamped = wall(float(stamp)) if isinstance(stamp, int | float) else None
-                if name in METERED:
+                stamped = wall(event.at)  # the line's wall clock: the CDR's times
+                if isinstance(event, METERED):
                     at = self._meter_time(session, at)
-                if name == "speech":
+                if isinstance(event, Speech):
                     await self._act(session, run.speech(event, at), log_)
-                elif name == "ringing":
+                elif isinstance(event, Ringing):
                     session.cdr["ringing_at"] = stamped or wall_of(at)
-                    self._emit("call.ringing", session, status=event.get("status"))
-                elif name == "answered":
+                    self._emit("call.ringing", session, status=event.status)
+                elif isinstance(event, Answered):
                     session.answered_at = at
                     session.cdr["answered_at"] = stamped or wall_of(at)
                     session.answered_wall = (session.cdr["answered_at"] - EPOCH).total_seconds()
@@ -910,30 +930,29 @@ class Worker:
                     after = self._transfer_after(session, log_)
                     if session.campaign.agent_uri and after:
                         transfer_at = at + after
-                elif name == "play_done":
+                elif isinstance(event, PlayDone):
                     await self._act(session, run.play_done(at), log_)
-                elif name == "agent_answered":
-                    run.agent_answered(str(event.get("mode")))
-                    self._emit("call.transfer", session, segment="agent", mode=event.get("mode"))
-                    if event.get("mode") == "bridge":
+                elif isinstance(event, AgentAnswered):
+                    run.agent_answered(event.mode)
+                    self._emit("call.transfer", session, segment="agent", mode=event.mode)
+                    if event.mode == "bridge":
                         await self._debit(session, session.meter.agent_started(at), at)
-                elif name == "agent_failed":
-                    log_.info("transfer failed", status=event.get("status"))
+                elif isinstance(event, AgentFailed):
+                    log_.info("transfer failed", status=event.status)
                     await self._act(session, run.agent_failed(at), log_)
-                elif name == "agent_ended":
+                elif isinstance(event, AgentEnded):
                     await self._debit(session, session.meter.agent_ended(at), at)
                     self._emit("call.transfer", session, segment="bot", mode="bridge")
                     await self._act(session, run.agent_ended(at), log_)
-                elif name == "error" and event.get("security"):  # e.g. RTP from a stranger
-                    log_.warning("media security", kind=event["security"],
-                                 message=event.get("message"))  # fmt: skip
-                elif name == "error":
-                    log_.warning("line could not do it", message=event.get("message"))
+                elif isinstance(event, Error) and event.security:  # e.g. RTP from a stranger
+                    log_.warning("media security", kind=event.security, message=event.message)
+                elif isinstance(event, Error):
+                    log_.warning("line could not do it", message=event.message)
                     block = run.block
                     if block is not None and isinstance(block.action, Say):
                         self._forget_prompt(session_audio(run, block.name))
                     await self._act(session, run.line_error(at), log_)
-                elif name in ("hangup", "failed", "interrupted"):
+                elif isinstance(event, CallEnded):
                     await self._finish(session, event, at, stamped)
                     log_.info("call ended", disposition=session.cdr["disposition"])
                     return
@@ -1014,19 +1033,18 @@ class Worker:
         await self._durably("call record", lambda: self.db.run(save))
 
     async def _finish(
-        self, session: Session, event: dict[str, Any], at: float, stamped: datetime | None = None
+        self, session: Session, event: CallEnded, at: float, stamped: datetime | None = None
     ) -> None:
-        name = event["event"]
         answered = session.meter.answered_at_ms is not None
         if answered:
             await self._debit(session, session.meter.hangup(at), at)
         else:
             session.meter.hangup(max(at, session.invite_mono))
-        if name == "interrupted":
+        if isinstance(event, Interrupted):
             disposition = Disposition.INTERRUPTED
         elif session.run is not None and session.run.amd.machine is not None and answered:
             disposition = Disposition.ANSWERING_MACHINE
-        elif name == "hangup" or answered:
+        elif isinstance(event, Hangup) or answered:
             disposition = Disposition.ANSWERED
         else:
             disposition = disposition_of_failure(event)
@@ -1039,9 +1057,9 @@ class Worker:
         ]  # fmt: skip
         session.cdr |= {
             "ended_at": stamped or wall_of(at),
-            "sip_status": event.get("status"),
+            "sip_status": None if isinstance(event, Interrupted) else event.status,
             "disposition": disposition.value,
-            "hangup_by": event.get("by") if name != "interrupted" else "line",
+            "hangup_by": "line" if isinstance(event, Interrupted) else event.by,
             "agent_seconds": session.meter.agent_ms() / 1000,
             "billed_telephony_seconds": session.meter.billed_seconds(Counter.TELEPHONY),
             "billed_speech_seconds": session.meter.billed_seconds(Counter.SPEECH),

@@ -1,9 +1,17 @@
-"""Typed errors of the sip package that the edges (CLI) turn into one line."""
+"""Typed errors of the sip package that the edges (CLI) turn into one line.
+
+Every exception the sip package defines derives from SipError, so an edge can catch the
+package's problems in one clause.
+"""
 
 
-class SipSetupError(Exception):
+class SipError(Exception):
+    """The root of the sip package's errors."""
+
+
+class SipSetupError(SipError):
     """A SIP endpoint could not be started (port taken, bad certificate, bad codec...)."""
 
 
-class PlanError(Exception):
+class PlanError(SipError):
     """A simulator plan that cannot be used; the message names the file and key."""

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
-from sip.protocol import ProtocolError, _Message
+from sip.protocol import ProtocolError, _load, _Message
 
 # ``line`` is the pool's stamp: which line the event came from. The pool itself makes
 # Interrupted, LineDied and LineRestarted.
@@ -181,3 +181,9 @@ def parse_event(data: dict[str, Any]) -> LineEvent:
             raise ProtocolError(f"unknown event {data.get('event')!r}") from None
         where = ".".join(str(p) for p in error["loc"][1:]) or "message"
         raise ProtocolError(f"bad {data.get('event')!r} event: {where}: {error['msg']}") from None
+
+
+def decode(line: bytes | str) -> LineEvent:
+    """One line of a line process's output as its typed event (ProtocolError if it is
+    not one)."""
+    return parse_event(_load(line))

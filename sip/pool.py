@@ -2,18 +2,20 @@
 
     async with LinePool(PoolConfig(lines=4, trunks=[...])) as pool:
         await pool.dial("c1", "+15550001", "main", ring_timeout=30)
-        async for ev in pool.events():
-            ...
+        while True:
+            match await pool.next_event():  # typed events (sip.events); PoolClosed at the end
+                case Answered(call_id=call_id): ...
 
 * Each line is ``python -m sip.line`` with its own SIP port and RTP port range.
 * ``dial`` places the call on the line with the most free slots; a line that refuses
   because it is full (an inbound call or agent leg took the slot meanwhile) makes the
   pool try the next one. When no line can take it, PoolFull.
 * Commands for a call go to the line that carries it. Events of every line come out of
-  ``events()`` in order, each with ``"line"`` added.
+  ``next_event()`` in order, each stamped with its ``line``; a message that is not a
+  valid event is logged and dropped.
 * A line that dies (EOF on its pipe or exit) is noticed at once: each of its calls gets
-  an ``interrupted`` event ``{"event": "interrupted", "call_id", "line"}`` and a new
-  process takes its place (same ports).
+  an ``Interrupted`` event, the pool a ``LineDied``, and a new process takes its place
+  (same ports; ``LineRestarted`` once it is up).
 * Closing the pool shuts every line down: each hangs up its calls (BYE, or CANCEL for
   unanswered ones) before it exits; a line that does not exit in time is killed.
 * ``reconfigure(trunks)`` (trunks added or changed while running): a line process takes
@@ -30,17 +32,30 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 
 from sip.endpoint import MAX_CALLS
+from sip.errors import SipError
+from sip.events import (
+    Accepted,
+    Error,
+    Failed,
+    Hangup,
+    Interrupted,
+    LineDied,
+    LineEvent,
+    LineRestarted,
+    Ready,
+    Refused,
+    decode,
+)
 from sip.protocol import (
     Configure,
     Dial,
-    Hangup,
     LineConfig,
     Play,
     ProtocolError,
@@ -48,9 +63,9 @@ from sip.protocol import (
     StopPlay,
     Transfer,
     TrunkConfig,
-    decode_event,
     encode,
 )
+from sip.protocol import Hangup as HangupCommand
 
 log = structlog.get_logger("sip.pool")
 
@@ -58,12 +73,14 @@ START_TIMEOUT = 20.0
 ACK_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 RESTART_DELAY = 0.5
-FINAL_EVENTS = frozenset({"failed", "hangup", "refused"})
-_CLOSED = "_pool_closed"
 
 
-class PoolError(Exception):
+class PoolError(SipError):
     """A pool request that cannot be carried out; the message names the problem."""
+
+
+class PoolClosed(PoolError):
+    """The pool is closed and every event it had has been read."""
 
 
 class PoolFull(PoolError):
@@ -132,9 +149,9 @@ class _Line:
     free: int = 0
     pending: int = 0  # dials sent, not yet accepted or refused
     calls: set[str] = field(default_factory=set)
-    acks: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    acks: dict[str, asyncio.Future[Accepted | Refused]] = field(default_factory=dict)
     outbox: list[bytes] = field(default_factory=list)
-    ready: asyncio.Future[dict[str, Any]] | None = None
+    ready: asyncio.Future[Ready] | None = None
     reader: asyncio.Task[None] | None = None
     alive: bool = False
     sip_port: int = 0
@@ -157,12 +174,15 @@ class LinePool:
             raise PoolError("a pool needs at least one line")
         self.config = config
         self._lines = [_Line(i, config.line_config(i)) for i in range(config.lines)]
-        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._events: deque[LineEvent] = deque()
+        self._arrived = asyncio.Event()  # set when an event is queued, or at the close
+        self._closed = False
         self._call_line: dict[str, _Line] = {}
         self._dialing: set[str] = set()
         self._closing = False
         self._restarting: set[asyncio.Task[None]] = set()
         self.line_deaths = 0  # line processes that died under us (metrics, tests)
+        self.bad_messages = 0  # messages from lines that were not valid events (dropped)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -247,7 +267,7 @@ class LinePool:
             if isinstance(exc, PoolError):
                 raise
             raise PoolError(f"{line.name} did not start within {START_TIMEOUT:.0f} s") from None
-        line.sip_port = int(ready["sip_port"])
+        line.sip_port = ready.sip_port
         line.alive = True
         log.info("line up", line=line.name, sip_port=line.sip_port, pid=line.process.pid)
 
@@ -264,7 +284,8 @@ class LinePool:
                 if line.process.stdin is not None:
                     line.process.stdin.close()
         await asyncio.gather(*(self._wait_exit(line) for line in self._lines))
-        self._events.put_nowait({"event": _CLOSED})
+        self._closed = True
+        self._arrived.set()
 
     async def _wait_exit(self, line: _Line) -> None:
         process = line.process
@@ -297,10 +318,6 @@ class LinePool:
 
     def pids(self) -> list[int | None]:
         return [line.process.pid if line.process else None for line in self._lines]
-
-    def line_of(self, call_id: str) -> str | None:
-        line = self._call_line.get(call_id)
-        return line.name if line else None
 
     async def dial(
         self,
@@ -351,7 +368,7 @@ class LinePool:
                 raise PoolFull(f"no free line slot for call {call_id!r}")
             line = max(candidates, key=lambda ln: (ln.room, -ln.index))
             tried.add(line.index)
-            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[Accepted | Refused] = asyncio.get_running_loop().create_future()
             line.acks[call_id] = future
             line.pending += 1
             try:
@@ -373,13 +390,13 @@ class LinePool:
                 line.pending -= 1
                 line.acks.pop(call_id, None)
                 self._rotate()
-            if reply["event"] == "accepted":
+            if isinstance(reply, Accepted):
                 return line.name
-            if not reply.get("retry"):
-                raise DialRefused(f"call {call_id!r}: {reply.get('reason', 'refused')}")
+            if not reply.retry:
+                raise DialRefused(f"call {call_id!r}: {reply.reason}")
 
     async def hangup(self, call_id: str, reason: str | None = None) -> None:
-        self._send(self._carrier(call_id), Hangup(call_id=call_id, reason=reason))
+        self._send(self._carrier(call_id), HangupCommand(call_id=call_id, reason=reason))
 
     async def play(self, call_id: str, wav: str) -> None:
         self._send(self._carrier(call_id), Play(call_id=call_id, wav=wav))
@@ -427,18 +444,25 @@ class LinePool:
 
     # -- events ---------------------------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Every event of every line, in arrival order, until the pool is closed."""
-        while True:
-            event = await self._events.get()
-            if event.get("event") == _CLOSED:
-                self._events.put_nowait(event)  # for any other reader
-                return
-            yield event
+    async def next_event(self, within: float | None = None) -> LineEvent:
+        """The next event of any line, in arrival order. TimeoutError if none comes
+        ``within`` seconds; PoolClosed once the pool is closed and its events are read."""
+        if within is None:
+            return await self._next()
+        async with asyncio.timeout(within):
+            return await self._next()
 
-    async def next_event(self, within: float | None = None) -> dict[str, Any]:
-        """The next event; TimeoutError if none comes ``within`` seconds."""
-        return await asyncio.wait_for(self._events.get(), within)
+    async def _next(self) -> LineEvent:
+        while not self._events:
+            if self._closed:
+                raise PoolClosed("the pool is closed")
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._events.popleft()
+
+    def _put(self, event: LineEvent) -> None:
+        self._events.append(event)
+        self._arrived.set()
 
     async def _read(self, line: _Line) -> None:
         process = line.process
@@ -448,55 +472,48 @@ class LinePool:
             if not raw:
                 break
             try:
-                message = decode_event(raw)
+                event = decode(raw)
             except ProtocolError as exc:
+                self.bad_messages += 1
                 log.error("bad message from line", line=line.name, error=str(exc))
                 continue
-            self._on_event(line, message)
+            self._on_event(line, event)
         await process.wait()
         if process is line.process:  # not an old process a restart already replaced
             self._on_exit(line, process.returncode)
 
-    def _on_event(self, line: _Line, message: dict[str, Any]) -> None:
-        name = message["event"]
-        if "free" in message:
-            line.free = int(message["free"])
-        call_id = message.get("call_id")
-        if name == "ready":
+    def _on_event(self, line: _Line, event: LineEvent) -> None:
+        if event.free is not None:
+            line.free = event.free
+        if isinstance(event, Ready):
             if line.ready is not None and not line.ready.done():
-                line.ready.set_result(message)
+                line.ready.set_result(event)
             return
-        if name in ("accepted", "refused") and call_id in line.acks:
-            if name == "accepted":  # from now on the call is this line's
-                line.calls.add(call_id)
-                self._call_line[call_id] = line
-            if not line.acks[call_id].done():
-                line.acks[call_id].set_result(message)
-            if name == "refused":
+        if isinstance(event, Accepted | Refused) and event.call_id in line.acks:
+            if isinstance(event, Accepted):  # from now on the call is this line's
+                line.calls.add(event.call_id)
+                self._call_line[event.call_id] = line
+            if not line.acks[event.call_id].done():
+                line.acks[event.call_id].set_result(event)
+            if isinstance(event, Refused):
                 return  # dial() decides: another line, or an error to its caller
-        if name == "error" and line.ready is not None and not line.ready.done():
-            line.ready.set_exception(PoolError(f"{line.name}: {message.get('message')}"))
+        if isinstance(event, Error) and line.ready is not None and not line.ready.done():
+            line.ready.set_exception(PoolError(f"{line.name}: {event.message}"))
             return
-        if name in FINAL_EVENTS and call_id is not None:
-            self._forget(line, call_id)
-        message["line"] = line.name
-        self._events.put_nowait(message)
+        if isinstance(event, Failed | Hangup | Refused):
+            self._forget(line, event.call_id)
+        self._put(event.model_copy(update={"line": line.name}))
 
     def _on_exit(self, line: _Line, code: int | None) -> None:
         line.alive = False
         if line.ready is not None and not line.ready.done():
             line.ready.set_exception(PoolError(f"{line.name} exited with code {code} at start"))
-        for future in line.acks.values():
+        for call_id, future in line.acks.items():
             if not future.done():
-                future.set_result(
-                    {"event": "refused", "reason": f"{line.name} died", "retry": True}
-                )
+                future.set_result(Refused(call_id=call_id, reason=f"{line.name} died", retry=True))
         now, mono = time.time(), time.monotonic()
         for call_id in sorted(line.calls):
-            self._events.put_nowait(
-                {"v": 1, "event": "interrupted", "call_id": call_id, "line": line.name,
-                 "at": now, "mono": mono}
-            )  # fmt: skip
+            self._put(Interrupted(call_id=call_id, line=line.name, at=now, mono=mono))
             if self._call_line.get(call_id) is line:
                 del self._call_line[call_id]
         line.calls.clear()
@@ -504,9 +521,7 @@ class LinePool:
             return  # a restart loop is already at work on this line
         log.error("line died; starting a replacement", line=line.name, exit_code=code)
         self.line_deaths += 1
-        self._events.put_nowait(
-            {"v": 1, "event": "line_died", "line": line.name, "exit_code": code, "at": now}
-        )
+        self._put(LineDied(line=line.name, exit_code=code, at=now, mono=mono))
         task = asyncio.create_task(self._restart(line))
         self._restarting.add(task)
         task.add_done_callback(self._restarting.discard)
@@ -523,9 +538,7 @@ class LinePool:
                     log.error("line restart failed", line=line.name, error=str(exc))
                     continue
                 line.restarts = 0
-                self._events.put_nowait(
-                    {"v": 1, "event": "line_restarted", "line": line.name, "at": time.time()}
-                )
+                self._put(LineRestarted(line=line.name, at=time.time(), mono=time.monotonic()))
                 return
         finally:
             line.restarting = False
@@ -535,6 +548,7 @@ __all__ = [
     "MAX_CALLS",
     "DialRefused",
     "LinePool",
+    "PoolClosed",
     "PoolConfig",
     "PoolError",
     "PoolFull",

@@ -22,7 +22,8 @@ Commands (orchestrator -> line)::
 Events (line -> orchestrator); each has ``"v":1``, ``"event"``, ``"at"`` (wall clock,
 epoch seconds: for records only), ``"mono"`` (CLOCK_MONOTONIC seconds, shared by the
 processes of one host: what billing and timers run on, immune to clock steps) and, when
-about a call, ``"call_id"``; ``"free"`` is the line's free call slots after the event::
+about a call, ``"call_id"``; ``"free"`` is the line's free call slots after the event.
+The orchestrator decodes each into its typed model (sip.events.decode)::
 
     ready           {"sip_port", "transports", "free"}          after configure
     accepted        {"call_id"}                                 dial took a slot
@@ -47,9 +48,13 @@ about a call, ``"call_id"``; ``"free"`` is the line's free call slots after the 
                                                                 (sip.speech: voice_start,
                                                                 voice_end, partial, final,
                                                                 tone); only with `listen`
-    inbound_rejected {"status", "from", "to"}                   an INVITE we never answered
+    inbound_rejected {"status", "from", "to", "call_id"?, "reason"?}
+                                                                an INVITE we never answered
+                                                                (call_id: one with Replaces
+                                                                naming that call)
     registration    {"trunk", "status", "reason", "expires", "ok": bool}
-    error           {"call_id"?, "message"}                     a command that cannot be done
+    error           {"call_id"?, "message", "security"?}        a command that cannot be done,
+                                                                or (security) hostile media
 """
 
 from __future__ import annotations
@@ -60,13 +65,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from sip.errors import SipError
 from sip.uri import MAX_PASSWORD, check_sip_uri, check_text, check_user
 
 VERSION = 1
 MAX_LINE_BYTES = 64 * 1024
 
 
-class ProtocolError(Exception):
+class ProtocolError(SipError):
     """A pipe message that is not valid protocol version 1."""
 
 
@@ -290,11 +296,3 @@ def decode_command(line: bytes | str) -> Command:
 def event(name: str, **fields: Any) -> dict[str, Any]:
     assert name in EVENTS, name
     return {"v": VERSION, "event": name, **{k: v for k, v in fields.items() if v is not None}}
-
-
-def decode_event(line: bytes | str) -> dict[str, Any]:
-    data = _load(line)
-    name = data.get("event")
-    if name not in EVENTS:
-        raise ProtocolError(f"unknown event {name!r}")
-    return data

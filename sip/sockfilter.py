@@ -26,6 +26,8 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from sip.errors import SipError
+
 SO_ATTACH_FILTER = 26
 _SKF_NET_OFF = -0x100000
 _SRC_IP = (_SKF_NET_OFF + 12) & 0xFFFFFFFF
@@ -55,8 +57,9 @@ _RESPONSE = _word(b"SIP/")
 _UNWANTED_METHODS = (_word(b"MESS"), _word(b"SUBS"), _word(b"PUBL"))
 
 
-class FilterError(ValueError):
-    """A source list that cannot be turned into a filter."""
+class FilterError(SipError, ValueError):
+    """A source list that cannot be turned into a filter (a ValueError too: parsers of
+    address lists catch that)."""
 
 
 def parse_networks(entries: Iterable[str]) -> list[Network]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from sip.errors import SipError
 from sip.recognizer import Recognizer
 
 SAMPLE_RATE = 16000
@@ -288,7 +289,7 @@ def to_pcm16_16k(samples: np.ndarray, rate: int) -> np.ndarray:
     return out
 
 
-class AudioFileError(Exception):
+class AudioFileError(SipError):
     """A file that is not a WAV this pipeline reads."""
 
 

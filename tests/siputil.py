@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from sip.events import Failed, Hangup, Interrupted, LineEvent
 from sip.pool import LinePool, PoolConfig
 from sip.protocol import TrunkConfig
 
@@ -174,40 +175,51 @@ async def pool_of(*trunks: TrunkConfig, lines: int = 1, **options: Any) -> Async
     config = PoolConfig(lines=lines, sip_port=0, rtp_port=rtp_base(), trunks=trunks, **options)
     async with LinePool(config) as pool:
         yield pool
+    assert pool.bad_messages == 0, "a line sent a message that is not a valid event"
 
 
-_BACKLOG: dict[int, dict[str | None, list[dict[str, Any]]]] = {}
+E = TypeVar("E")
+_BACKLOG: dict[int, dict[str | None, list[LineEvent]]] = {}
+#: the events that end a call, for events_until
+FINAL = (Failed, Hangup, Interrupted)
 
 
 async def events_until(
-    pool: LinePool, call_id: str | None, last: set[str], within: float = 20
-) -> list[dict[str, Any]]:
-    """Events of one call (None: events of no call), up to and including the first whose
-    name is in ``last``. Other calls' events are kept for their own turn."""
+    pool: LinePool, call_id: str | None, last: type | tuple[type, ...], within: float = 20
+) -> list[LineEvent]:
+    """Events of one call (None: events of no call), up to and including the first that
+    is an instance of ``last``. Other calls' events are kept for their own turn."""
     backlog = _BACKLOG.setdefault(id(pool), {})
-    seen: list[dict[str, Any]] = []
+    seen: list[LineEvent] = []
     queued = backlog.setdefault(call_id, [])
     while queued:
         event = queued.pop(0)
         seen.append(event)
-        if event["event"] in last:
+        if isinstance(event, last):
             return seen
     deadline = time.monotonic() + within
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise TimeoutError(f"{call_id}: no {sorted(last)} within {within} s; saw {seen}")
+            raise TimeoutError(f"{call_id}: no {last} within {within} s; saw {seen}")
         event = await pool.next_event(remaining)
-        if event.get("call_id") != call_id:
-            backlog.setdefault(event.get("call_id"), []).append(event)
+        of = getattr(event, "call_id", None)
+        if of != call_id:
+            backlog.setdefault(of, []).append(event)
             continue
         seen.append(event)
-        if event["event"] in last:
+        if isinstance(event, last):
             return seen
 
 
-def names(events: list[dict[str, Any]]) -> list[str]:
-    return [e["event"] for e in events]
+def kinds(events: list[LineEvent]) -> list[type]:
+    return [type(e) for e in events]
+
+
+def typed(event: LineEvent, kind: type[E]) -> E:
+    """The event as the class it must be (a test failure names it otherwise)."""
+    assert isinstance(event, kind), event
+    return event
 
 
 class SimProcess:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from dialer.amd import MACHINE_INTENT, AmdDetector
 from dialer.classify import classify
 from dialer.intents import IntentMatcher, normalise
 from dialer.script import ANSWERING_MACHINE_PHRASES
+from sip.events import Speech
 from sip.speech import (
     SAMPLE_RATE,
     AudioFileError,
@@ -34,6 +36,11 @@ def pcm(seconds_and_signals: list[np.ndarray]) -> np.ndarray:
     audio = np.concatenate(seconds_and_signals)
     noise = np.random.default_rng(3).normal(0, 0.001, len(audio))
     return np.clip((audio + noise) * 32767, -32768, 32767).astype(np.int16)
+
+
+def heard(**fact: Any) -> Speech:
+    """An analyzer's fact as the line sends it about a call (a speech event)."""
+    return Speech(call_id="c1", **fact)
 
 
 def kinds(facts: list[dict[str, object]]) -> list[object]:
@@ -69,6 +76,7 @@ def test_a_voicemail_beep_and_sit_tones_are_recognised_without_words() -> None:
     sit = analyze_samples(pcm([amd_corpus.silence(0.3), amd_corpus.sit_tones(rng),
                                amd_corpus.silence(0.5)]), None)  # fmt: skip
     assert "sit" in kinds(sit) and "beep" not in kinds(sit)
+    assert [heard(**fact).kind for fact in beep + sit] == [f["kind"] for f in beep + sit]
     # a dial tone (350+440 Hz, not one pure tone) and a 100 ms click are neither
     t = np.arange(SAMPLE_RATE * 2) / SAMPLE_RATE
     dial = 0.2 * (np.sin(2 * np.pi * 350 * t) + np.sin(2 * np.pi * 440 * t))
@@ -104,6 +112,7 @@ def test_voice_activity_gates_the_recogniser() -> None:
     burst = rng.normal(0, 0.2, SAMPLE_RATE)  # 1 s of loud noise stands in for speech
     facts = analyze_samples(pcm([amd_corpus.silence(5), burst, amd_corpus.silence(5)]), recognizer)
     assert kinds(facts) == ["voice_start", "voice_end", "final"]
+    assert [heard(**fact).kind for fact in facts] == ["voice_start", "voice_end", "final"]
     start, end = facts[0]["audio_s"], facts[1]["audio_s"]
     assert 4.9 <= float(start) <= 5.1 and 5.9 <= float(end) <= 6.1
     assert recognizer.utterances == 1
@@ -114,34 +123,34 @@ def test_voice_activity_gates_the_recogniser() -> None:
 
 def test_decision_rules() -> None:
     machine = AmdDetector(MATCHER)
-    assert machine.feed({"kind": "voice_start", "audio_s": 0.3}) is None
-    decision = machine.feed({"kind": "partial", "text": "hi please leave a message after the tone",
-                             "audio_s": 3.2})  # fmt: skip
+    assert machine.feed(heard(kind="voice_start", audio_s=0.3)) is None
+    decision = machine.feed(heard(kind="partial", text="hi please leave a message after the tone",
+                             audio_s=3.2))  # fmt: skip
     assert decision is not None and decision.signal == "phrase" and decision.seconds == 3.2
-    assert machine.feed({"kind": "tone", "tone": "beep", "audio_s": 4.0}) is None  # decided
+    assert machine.feed(heard(kind="tone", tone="beep", audio_s=4.0)) is None  # decided
 
     cadence = AmdDetector(MATCHER)  # talks on: short pauses do not break the monologue
-    cadence.feed({"kind": "voice_start", "audio_s": 0.5})
-    assert cadence.feed({"kind": "voice_end", "audio_s": 2.5, "duration": 2.0}) is None
-    cadence.feed({"kind": "voice_start", "audio_s": 3.2})
-    assert cadence.feed({"kind": "partial", "text": "hi there", "audio_s": 5.8}) is None
-    decision = cadence.feed({"kind": "partial", "text": "hi there friend", "audio_s": 6.0})
+    cadence.feed(heard(kind="voice_start", audio_s=0.5))
+    assert cadence.feed(heard(kind="voice_end", audio_s=2.5, duration=2.0)) is None
+    cadence.feed(heard(kind="voice_start", audio_s=3.2))
+    assert cadence.feed(heard(kind="partial", text="hi there", audio_s=5.8)) is None
+    decision = cadence.feed(heard(kind="partial", text="hi there friend", audio_s=6.0))
     assert decision is not None and decision.signal == "cadence"
 
     waits = AmdDetector(MATCHER)  # "hello?" ... (waits) ... "hello?": a person
-    waits.feed({"kind": "voice_start", "audio_s": 0.5})
-    waits.feed({"kind": "voice_end", "audio_s": 3.0, "duration": 2.5})
-    waits.feed({"kind": "voice_start", "audio_s": 4.5})
-    assert waits.feed({"kind": "voice_end", "audio_s": 7.0, "duration": 2.5}) is None
+    waits.feed(heard(kind="voice_start", audio_s=0.5))
+    waits.feed(heard(kind="voice_end", audio_s=3.0, duration=2.5))
+    waits.feed(heard(kind="voice_start", audio_s=4.5))
+    assert waits.feed(heard(kind="voice_end", audio_s=7.0, duration=2.5)) is None
     assert waits.verdict(8.0).decision == "human"
 
     late = AmdDetector(MATCHER)  # long speech that starts late is a conversation
-    late.feed({"kind": "voice_start", "audio_s": 8.0})
-    assert late.feed({"kind": "voice_end", "audio_s": 20.0, "duration": 12.0}) is None
+    late.feed(heard(kind="voice_start", audio_s=8.0))
+    assert late.feed(heard(kind="voice_end", audio_s=20.0, duration=12.0)) is None
 
     human = AmdDetector(MATCHER)
-    human.feed({"kind": "voice_start", "audio_s": 0.4})
-    assert human.feed({"kind": "voice_end", "audio_s": 0.9, "duration": 0.5}) is None
+    human.feed(heard(kind="voice_start", audio_s=0.4))
+    assert human.feed(heard(kind="voice_end", audio_s=0.9, duration=0.5)) is None
     assert human.verdict(4.0).decision == "human" and human.verdict(4.0).seconds == 0.9
     assert AmdDetector(MATCHER).verdict(3.0).decision == "unknown"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,13 @@ from dialer.script import (
     script_of,
 )
 from dialer.script_run import HangUp, Play, ScriptRun, StartTransfer
+from sip.events import Speech
+
+
+def heard(**fact: Any) -> Speech:
+    """What the callee's audio holds, as the line reports it."""
+    return Speech(call_id="c1", **fact)
+
 
 GOOD = """\
 voice: slt
@@ -189,8 +197,8 @@ def test_the_default_script_greets_then_listens_until_the_callee_hangs_up() -> N
     assert run.answered(100.0) == [Play("/g.wav")]
     assert run.play_done(101.0) == []
     assert run.block is not None and run.block.name == "listen" and run.deadline is None
-    human = {"kind": "final", "text": "hello who is this", "audio_s": 2.0}
-    assert run.speech({"kind": "voice_start", "audio_s": 1.0}, 101.0) == []
+    human = heard(kind="final", text="hello who is this", audio_s=2.0)
+    assert run.speech(heard(kind="voice_start", audio_s=1.0), 101.0) == []
     assert run.speech(human, 102.0) == []
     assert run.timer(10_000.0) == [] and not run.ended
     assert script.blocks["greeting"].action == Say(wav=GREETING)
@@ -200,18 +208,18 @@ def test_the_machine_intent_hangs_up_from_any_block_but_not_with_an_agent() -> N
     script = parse_script(GOOD, "spring.yaml")
     run = ScriptRun(script, {"hello": "/h.wav", "bye": "/b.wav"})
     run.answered(0.0)  # still saying hello: the intent is active anyway
-    [action] = run.speech({"kind": "partial", "text": "please leave a message after the",
-                           "audio_s": 2.5}, 2.6)  # fmt: skip
+    [action] = run.speech(heard(kind="partial", text="please leave a message after the",
+                           audio_s=2.5), 2.6)  # fmt: skip
     assert isinstance(action, HangUp) and action.machine is not None
     assert action.machine.signal == "phrase" and action.machine.score is not None
-    assert run.speech({"kind": "tone", "tone": "beep", "audio_s": 3.0}, 3.0) == []  # once
+    assert run.speech(heard(kind="tone", tone="beep", audio_s=3.0), 3.0) == []  # once
 
     with_agent = ScriptRun(script, {"hello": "/h.wav", "bye": "/b.wav"})
     with_agent.answered(0.0)
     with_agent.play_done(1.0)
-    with_agent.speech({"kind": "final", "text": "yes tell me more", "audio_s": 2.0}, 2.0)
+    with_agent.speech(heard(kind="final", text="yes tell me more", audio_s=2.0), 2.0)
     with_agent.agent_answered("bridge")
-    assert with_agent.speech({"kind": "tone", "tone": "beep", "audio_s": 9.0}, 9.0) == []
+    assert with_agent.speech(heard(kind="tone", tone="beep", audio_s=9.0), 9.0) == []
 
 
 def test_listen_routes_intents_times_out_and_transfers() -> None:
@@ -220,7 +228,7 @@ def test_listen_routes_intents_times_out_and_transfers() -> None:
     run = ScriptRun(script, audio)
     assert run.answered(0.0) == [Play("/h.wav")]
     assert run.play_done(2.0) == [] and run.deadline == 8.0
-    assert run.speech({"kind": "final", "text": "yep sure tell me more", "audio_s": 3}, 3.0) == [
+    assert run.speech(heard(kind="final", text="yep sure tell me more", audio_s=3), 3.0) == [
         StartTransfer("sip:agent@127.0.0.1", "bridge", 30.0)
     ]
     assert run.heard[-1]["intent"] == "interested"
@@ -238,7 +246,7 @@ def test_listen_routes_intents_times_out_and_transfers() -> None:
     failed = ScriptRun(script, audio)
     failed.answered(0.0)
     failed.play_done(2.0)
-    failed.speech({"kind": "final", "text": "sure", "audio_s": 3}, 3.0)
+    failed.speech(heard(kind="final", text="sure", audio_s=3), 3.0)
     assert failed.agent_failed(5.0) == [Play("/b.wav")]  # on_failure
 
 
@@ -252,8 +260,8 @@ def test_agents_pause_the_script_and_line_errors_move_it_on() -> None:
     assert run.timer(9.0) == []  # no listen timeout while the caller is with the agent
     # after the agent the bot listens afresh; the answer-timed AMD rules are off
     assert run.agent_ended(20.0) == [] and run.deadline == 26.0
-    run.speech({"kind": "voice_start", "audio_s": 0.5}, 20.5)
-    assert run.speech({"kind": "partial", "text": "so as i was saying", "audio_s": 9.0}, 29) == []
+    run.speech(heard(kind="voice_start", audio_s=0.5), 20.5)
+    assert run.speech(heard(kind="partial", text="so as i was saying", audio_s=9.0), 29) == []
     assert not run.ended
 
     cut = ScriptRun(script, audio)
@@ -265,5 +273,5 @@ def test_agents_pause_the_script_and_line_errors_move_it_on() -> None:
     broken = ScriptRun(script, audio)
     broken.answered(0.0)
     assert broken.line_error(0.1) == []  # hello could not play: on to ask
-    broken.speech({"kind": "final", "text": "sure", "audio_s": 1.0}, 1.0)
+    broken.speech(heard(kind="final", text="sure", audio_s=1.0), 1.0)
     assert broken.line_error(1.5) == [Play("/b.wav")]  # the transfer failed: on_failure

@@ -8,9 +8,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from siputil import SimProcess, events_until, names, pool_of, trunk
+from siputil import FINAL, SimProcess, events_until, kinds, pool_of, trunk, typed
 
-FINAL = {"failed", "hangup", "interrupted"}
+from sip.events import (
+    Accepted,
+    AgentAnswered,
+    AgentEnded,
+    AgentFailed,
+    AgentRinging,
+    Answered,
+    Failed,
+    Hangup,
+    PlayDone,
+    Ringing,
+)
 
 PLAN = """
 [numbers."+15550001"]   # a human: rings, says something, hangs up
@@ -74,18 +85,21 @@ async def test_each_number_behaves_as_its_plan_says(sim: SimProcess) -> None:
         await pool.dial("ringing", "+15550007", "sim", ring_timeout=1)
         unanswered = await events_until(pool, "ringing", FINAL)
         await pool.dial("silent", "+15550008", "sim")
-        await events_until(pool, "silent", {"answered"})
+        await events_until(pool, "silent", Answered)
         await pool.hangup("silent")
         silent = await events_until(pool, "silent", FINAL)
 
-    assert names(human) == ["accepted", "ringing", "answered", "hangup"]
-    assert human[-1]["by"] == "remote"
-    assert human[-1]["rx_voiced"] > 20  # the callee's voice reached the line's tap
-    assert 1.4 < human[-1]["at"] - human[2]["at"] < 2.5
+    assert kinds(human) == [Accepted, Ringing, Answered, Hangup]
+    talked = typed(human[-1], Hangup)
+    assert talked.by == "remote"
+    assert talked.rx_voiced is not None and talked.rx_voiced > 20  # the tap heard the callee
+    assert talked.at is not None and human[2].at is not None
+    assert 1.4 < talked.at - human[2].at < 2.5
     for (status, _), event in refusals.items():
-        assert event["event"] == "failed" and event["status"] == status
-    assert unanswered[-1]["timeout"] is True and unanswered[-1]["status"] == 487
-    assert silent[-1]["event"] == "hangup" and silent[-1]["rx_voiced"] == 0
+        assert typed(event, Failed).status == status
+    gave_up = typed(unanswered[-1], Failed)
+    assert gave_up.timeout is True and gave_up.status == 487
+    assert typed(silent[-1], Hangup).rx_voiced == 0
     ended = sim.wait_for(lambda e: e["event"] == "ended" and e["number"] == "+15550008")
     assert ended["by"] == "remote"
 
@@ -93,12 +107,12 @@ async def test_each_number_behaves_as_its_plan_says(sim: SimProcess) -> None:
 async def test_bridge_to_a_simulated_agent_carries_the_callers_voice(sim: SimProcess) -> None:
     async with pool_of(trunk("sim", f"sip:127.0.0.1:{sim.port}")) as pool:
         await pool.dial("c1", "+15550010", "sim")
-        await events_until(pool, "c1", {"answered"})
+        await events_until(pool, "c1", Answered)
         await pool.transfer("c1", f"sip:agent1@127.0.0.1:{sim.port}", "bridge")
-        bridged = await events_until(pool, "c1", {"agent_ended", "agent_failed", "hangup"})
+        bridged = await events_until(pool, "c1", (AgentEnded, AgentFailed, Hangup))
         await pool.hangup("c1")
         await events_until(pool, "c1", FINAL)
-    assert names(bridged) == ["agent_ringing", "agent_answered", "agent_ended"]
+    assert kinds(bridged) == [AgentRinging, AgentAnswered, AgentEnded]
     agent = sim.wait_for(lambda e: e["event"] == "ended" and e["number"] == "agent1")
     assert agent["by"] == "local"  # the agent hung up after hangup_after
     assert agent["voiced_frames"] > 20  # and heard the caller through the bridge
@@ -107,11 +121,11 @@ async def test_bridge_to_a_simulated_agent_carries_the_callers_voice(sim: SimPro
 async def test_refer_to_a_simulated_agent(sim: SimProcess) -> None:
     async with pool_of(trunk("sim", f"sip:127.0.0.1:{sim.port}")) as pool:
         await pool.dial("c1", "+15550008", "sim")
-        await events_until(pool, "c1", {"answered"})
+        await events_until(pool, "c1", Answered)
         await pool.transfer("c1", f"sip:agent1@127.0.0.1:{sim.port}", "refer")
         events = await events_until(pool, "c1", FINAL)
-    assert names(events)[-2:] == ["agent_answered", "hangup"]
-    assert events[-1]["by"] == "transfer"
+    assert kinds(events)[-2:] == [AgentAnswered, Hangup]
+    assert typed(events[-1], Hangup).by == "transfer"
     sim.wait_for(lambda e: e["event"] == "transferred" and e["number"] == "+15550008")
     sim.wait_for(lambda e: e["event"] == "answered" and e["number"] == "agent1")
 
@@ -119,9 +133,9 @@ async def test_refer_to_a_simulated_agent(sim: SimProcess) -> None:
 async def test_the_bots_audio_reaches_the_callee(sim: SimProcess, tone_wav: Path) -> None:
     async with pool_of(trunk("sim", f"sip:127.0.0.1:{sim.port}")) as pool:
         await pool.dial("c1", "+15550008", "sim")
-        await events_until(pool, "c1", {"answered"})
+        await events_until(pool, "c1", Answered)
         await pool.play("c1", str(tone_wav))
-        await events_until(pool, "c1", {"play_done"})
+        await events_until(pool, "c1", PlayDone)
         await pool.hangup("c1")
         await events_until(pool, "c1", FINAL)
     ended = sim.wait_for(lambda e: e["event"] == "ended" and e["number"] == "+15550008")

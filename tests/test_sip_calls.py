@@ -9,11 +9,23 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from siputil import Sipp, events_until, names, pool_of, sipps, trunk
+from siputil import FINAL, Sipp, events_until, kinds, pool_of, sipps, trunk
 
-from sip.pool import DialOutcomeUnknown, DialRefused, PoolFull, UnknownCall
-
-FINAL = {"failed", "hangup", "interrupted"}
+from sip.events import (
+    Accepted,
+    Answered,
+    Error,
+    Failed,
+    Hangup,
+    InboundRejected,
+    Interrupted,
+    LineRestarted,
+    PlayDone,
+    Registration,
+    Ringing,
+)
+from sip.pool import DialOutcomeUnknown, DialRefused, PoolClosed, PoolFull, UnknownCall
+from sip.protocol import Hangup as HangupCommand
 
 
 async def test_answered_call_timestamps_agree_with_the_wire(tmp_path: Path) -> None:
@@ -31,19 +43,20 @@ async def test_answered_call_timestamps_agree_with_the_wire(tmp_path: Path) -> N
         for m in uas.sent("SIP/2.0 200", "INVITE")
     }
     for n, events in enumerate(runs):
-        assert names(events) == ["accepted", "ringing", "answered", "hangup"], events
+        assert kinds(events) == [Accepted, Ringing, Answered, Hangup], events
         answered, hangup = events[2], events[3]
-        assert abs(answered["at"] - oks[f"+1555000{n}"]) < 0.020
-        assert answered["mono"] > 0
-        assert hangup["by"] == "remote" and hangup["status"] == 200
-        assert hangup["rx_frames"] > 20  # the callee's audio reached the in-process tap
+        assert isinstance(hangup, Hangup) and answered.at is not None
+        assert abs(answered.at - oks[f"+1555000{n}"]) < 0.020
+        assert answered.mono is not None and answered.mono > 0
+        assert hangup.by == "remote" and hangup.status == 200
+        assert hangup.rx_frames is not None and hangup.rx_frames > 20  # the tap heard the callee
 
 
 async def test_hangup_before_the_answer_sends_cancel(tmp_path: Path) -> None:
     with sipps(Sipp("uas_noanswer", tmp_path, calls=2)) as (uas,):
         async with pool_of(trunk("main", uas.uri)) as pool:
             await pool.dial("c-hang", "+15550001", "main", ring_timeout=30)
-            await events_until(pool, "c-hang", {"ringing"})
+            await events_until(pool, "c-hang", Ringing)
             await pool.hangup("c-hang", "campaign paused")
             hung = await events_until(pool, "c-hang", FINAL)
             await pool.dial("c-timeout", "+15550002", "main", ring_timeout=1)
@@ -51,9 +64,10 @@ async def test_hangup_before_the_answer_sends_cancel(tmp_path: Path) -> None:
         # sipp's scenario completes only when CANCEL arrived and 487 was acknowledged
         assert uas.wait(15) == 0, uas.error_text()
     assert len(uas.received("CANCEL")) == 2
-    assert hung[-1] | {"by": "local", "status": 487, "timeout": False} == hung[-1]
-    assert timed_out[-1]["event"] == "failed"
-    assert timed_out[-1]["timeout"] is True and timed_out[-1]["by"] == "local"
+    hung_up, gave_up = hung[-1], timed_out[-1]
+    assert isinstance(hung_up, Failed)
+    assert (hung_up.by, hung_up.status, hung_up.timeout) == ("local", 487, False)
+    assert isinstance(gave_up, Failed) and gave_up.timeout is True and gave_up.by == "local"
 
 
 @pytest.mark.parametrize("status", [486, 603, 480, 404, 503])
@@ -63,8 +77,9 @@ async def test_callee_refusals_are_reported_with_their_status(tmp_path: Path, st
             await pool.dial("c1", "+15550001", "main")
             events = await events_until(pool, "c1", FINAL)
         assert uas.wait(10) == 0, uas.error_text()
-    assert names(events) == ["accepted", "failed"]
-    assert events[-1]["status"] == status and events[-1]["by"] == "remote"
+    assert kinds(events) == [Accepted, Failed]
+    failed = events[-1]
+    assert isinstance(failed, Failed) and failed.status == status and failed.by == "remote"
 
 
 @pytest.mark.parametrize("status", [603, 486])
@@ -74,9 +89,9 @@ async def test_inbound_invites_are_rejected_never_answered(tmp_path: Path, statu
         port = pool.sip_ports[0]
         with sipps(Sipp(f"uac_inbound_{status}", tmp_path, remote=f"127.0.0.1:{port}")) as (uac,):
             assert uac.wait(15) == 0, uac.error_text()
-            event = (await events_until(pool, None, {"inbound_rejected"}, 5))[-1]
-    assert event["event"] == "inbound_rejected" and event["status"] == status
-    assert "+15551234567" in event["from"]
+            event = (await events_until(pool, None, InboundRejected, 5))[-1]
+    assert isinstance(event, InboundRejected) and event.status == status
+    assert "+15551234567" in event.from_
     assert not [m for m in uac.messages() if not m.sent and m.first_line.startswith("SIP/2.0 200")]
 
 
@@ -84,17 +99,18 @@ async def test_play_reaches_the_callee_and_reports_its_end(tmp_path: Path, tone_
     with sipps(Sipp("uas_answer", tmp_path, sets={"ring_ms": 0, "talk_ms": 0})) as (uas,):
         async with pool_of(trunk("main", uas.uri)) as pool:
             await pool.dial("c1", "+15550001", "main")
-            await events_until(pool, "c1", {"answered"})
+            await events_until(pool, "c1", Answered)
             await pool.play("c1", str(tone_wav))
-            done = await events_until(pool, "c1", {"play_done", "error"})
+            done = await events_until(pool, "c1", (PlayDone, Error))
             await pool.play("c1", str(tmp_path / "missing.wav"))
-            missing = await events_until(pool, "c1", {"error"})
+            missing = await events_until(pool, "c1", Error)
             await pool.hangup("c1")
             end = await events_until(pool, "c1", FINAL)
         assert uas.wait(10) == 0, uas.error_text()
-    assert done[-1]["event"] == "play_done" and done[-1]["wav"] == str(tone_wav)
-    assert "cannot play" in missing[-1]["message"]
-    assert end[-1]["event"] == "hangup" and end[-1]["by"] == "local"
+    played, error, ended = done[-1], missing[-1], end[-1]
+    assert isinstance(played, PlayDone) and played.wav == str(tone_wav)
+    assert isinstance(error, Error) and "cannot play" in error.message
+    assert isinstance(ended, Hangup) and ended.by == "local"
     assert uas.received("BYE")
 
 
@@ -113,7 +129,7 @@ async def test_caller_id_headers_codecs_and_tcp(tmp_path: Path) -> None:
                             headers={"X-Campaign": "spring"})  # fmt: skip
             events = await events_until(pool, "c1", FINAL)
         assert uas.wait(10) == 0, uas.error_text()
-    assert events[-1]["event"] == "hangup"
+    assert isinstance(events[-1], Hangup)
     invite = uas.received("INVITE")[0]
     assert "sip:+15550000999@" in (invite.header("From") or "")  # per-call caller ID wins
     assert invite.header("X-Campaign") == "spring" and invite.header("X-Trunk") == "main"
@@ -133,19 +149,36 @@ async def test_digest_credentials_and_registration(tmp_path: Path) -> None:
         )
         authed = trunk("carrier", carrier.uri, **credentials)
         async with pool_of(registering, authed) as pool:
-            registration = (await events_until(pool, None, {"registration"}))[-1]
-            refreshed = (await events_until(pool, None, {"registration"}, 15))[-1]
+            registration = (await events_until(pool, None, Registration))[-1]
+            refreshed = (await events_until(pool, None, Registration, 15))[-1]
             await pool.dial("c1", "+15550001", "carrier")
-            await events_until(pool, "c1", {"answered"})
+            await events_until(pool, "c1", Answered)
             await pool.hangup("c1")
             await events_until(pool, "c1", FINAL)
         assert registrar.wait(10) == 0, registrar.error_text()
         assert carrier.wait(10) == 0, carrier.error_text()
-    assert registration["event"] == "registration" and registration["ok"] is True
-    assert registration["trunk"] == "reg" and registration["status"] == 200
-    assert registration["expires"] == 8  # what the registrar granted, not what we asked
-    assert refreshed["ok"] is True and refreshed["at"] - registration["at"] < 8  # in time
+    assert isinstance(registration, Registration) and registration.ok is True
+    assert registration.trunk == "reg" and registration.status == 200
+    assert registration.expires == 8  # what the registrar granted, not what we asked
+    assert isinstance(refreshed, Registration) and refreshed.ok is True
+    assert refreshed.at is not None and registration.at is not None
+    assert refreshed.at - registration.at < 8  # in time
     assert len(registrar.received("REGISTER")) >= 3  # challenged, accepted, refreshed
+
+
+async def test_one_reader_times_out_reads_what_is_left_then_is_told_the_pool_closed() -> None:
+    async with pool_of() as pool:
+        with pytest.raises(TimeoutError):
+            await pool.next_event(0.05)
+        readers = [asyncio.create_task(pool.next_event()) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        # the line answers an unknown call's hangup with an error, before it shuts down
+        pool._send(pool._lines[0], HangupCommand(call_id="ghost"))
+    first, second = await asyncio.gather(*readers, return_exceptions=True)
+    assert isinstance(first, Error) and first.line == "line0" and "no such call" in first.message
+    assert isinstance(second, PoolClosed)
+    with pytest.raises(PoolClosed):
+        await pool.next_event(1)
 
 
 async def test_dial_refusals_are_clean(tmp_path: Path) -> None:
@@ -192,16 +225,16 @@ async def test_a_killed_line_is_replaced_and_its_calls_interrupted(tmp_path: Pat
         async with pool_of(trunk("main", uas.uri), lines=2) as pool:
             placed = {f"c{n}": await pool.dial(f"c{n}", f"+1555000{n}", "main") for n in range(2)}
             for call_id in placed:
-                await events_until(pool, call_id, {"answered"})
+                await events_until(pool, call_id, Answered)
             victim = pool._lines[0]
             old_pid = victim.process.pid  # type: ignore[union-attr]
             os.kill(old_pid, signal.SIGKILL)
             lost = await events_until(pool, "c0", FINAL)
-            assert lost[-1]["event"] == "interrupted" and lost[-1]["line"] == "line0"
-            await events_until(pool, None, {"line_restarted"})
+            assert isinstance(lost[-1], Interrupted) and lost[-1].line == "line0"
+            await events_until(pool, None, LineRestarted)
             assert victim.process.pid != old_pid and victim.alive  # type: ignore[union-attr]
             assert await pool.dial("c2", "+15550002", "main") in ("line0", "line1")
-            await events_until(pool, "c2", {"answered"})
+            await events_until(pool, "c2", Answered)
         # closing the pool hung up the calls still up with BYE
     uas.stop()
     assert len(uas.received("BYE")) >= 2
@@ -217,8 +250,8 @@ async def test_closing_the_pool_hangs_up_every_call_and_leaves_no_process(tmp_pa
                 await pool.dial(f"up{n}", f"+1555000{n}", "up")
                 await pool.dial(f"ring{n}", f"+1555100{n}", "ring")
             for n in range(2):
-                await events_until(pool, f"up{n}", {"answered"})
-                await events_until(pool, f"ring{n}", {"ringing"})
+                await events_until(pool, f"up{n}", Answered)
+                await events_until(pool, f"ring{n}", Ringing)
             pids = [pid for pid in pool.pids() if pid]
         assert answering.wait(10) == 0, answering.error_text()  # BYE for the answered
         assert ringing.wait(10) == 0, ringing.error_text()  # CANCEL for the ringing
@@ -235,7 +268,7 @@ async def test_outbound_proxy_receives_the_invite(tmp_path: Path) -> None:
             await pool.dial("c1", "+15550001", "carrier")
             events = await events_until(pool, "c1", FINAL)
         assert proxy.wait(10) == 0, proxy.error_text()
-    assert events[-1]["event"] == "hangup"
+    assert isinstance(events[-1], Hangup)
     invite = proxy.received("INVITE")[0]
     assert invite.first_line.startswith("INVITE sip:+15550001@10.255.255.1:5060")
     assert f"127.0.0.1:{proxy.port}" in (invite.header("Route") or "")
@@ -258,9 +291,9 @@ async def test_tls_transport_when_a_certificate_is_configured(
     cert, key = certificate
     async with pool_of(tls_cert_file=str(cert), tls_key_file=str(key), lines=2) as pool:
         infos = [line.ready.result() for line in pool._lines if line.ready is not None]
-    ports = {info["sip_port"] for info in infos}
-    tls_ports = {info["tls_port"] for info in infos}
-    assert all(info["transports"] == ["udp", "tcp", "tls"] for info in infos)
+    ports = {info.sip_port for info in infos}
+    tls_ports = {info.tls_port for info in infos}
+    assert all(info.transports == ["udp", "tcp", "tls"] for info in infos)
     assert len(tls_ports) == 2 and not tls_ports & ports  # never a neighbour's SIP port
 
 
@@ -271,9 +304,9 @@ async def test_a_line_that_stops_answering_is_killed_not_doubled(tmp_path: Path)
             os.kill(frozen.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
             with pytest.raises(DialOutcomeUnknown, match="did not answer"):
                 await pool.dial("c1", "+15550001", "main")  # line0 is preferred: equal room
-            await events_until(pool, None, {"line_restarted"})
+            await events_until(pool, None, LineRestarted)
             assert await pool.dial("c2", "+15550002", "main") in ("line0", "line1")
             events = await events_until(pool, "c2", FINAL)
         uas.stop()
-    assert events[-1]["event"] == "hangup"
+    assert isinstance(events[-1], Hangup)
     assert len(uas.received("INVITE")) == 1  # c1 never left the frozen line

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 from rawsip import RawSip, raw_sip, status_of
-from siputil import Sipp, events_until, names, pool_of, sipps, trunk
+from siputil import FINAL, Sipp, events_until, kinds, pool_of, sipps, trunk, typed
 from sqlalchemy import select
 from test_faults import callee_calls, calls_answered, check_books, dial_campaign, phones
 
@@ -24,9 +24,19 @@ from billing.storage import Database
 from dialer import store
 from dialer.config import SipConfig
 from dialer.worker import Worker
+from sip.events import (
+    Accepted,
+    AgentAnswered,
+    AgentEnded,
+    AgentFailed,
+    AgentRinging,
+    Answered,
+    Hangup,
+    InboundRejected,
+    Ringing,
+)
 from sip.protocol import LineConfig
 
-FINAL = {"failed", "hangup", "interrupted"}
 STRANGER = "127.0.0.2"  # another address on loopback: not a trunk's
 
 
@@ -133,7 +143,7 @@ async def test_strangers_get_no_answer_and_trunks_no_presence(tmp_path: Path) ->
     assert 603 in heard["127.0.0.1", "INVITE"] and 200 not in heard["127.0.0.1", "INVITE"]
     assert heard["127.0.0.1", "SUBSCRIBE"] == [] and heard["127.0.0.1", "MESSAGE"] == []
     assert subscribe_over_tcp == 403
-    assert names(call) == ["accepted", "ringing", "answered", "hangup"]
+    assert kinds(call) == [Accepted, Ringing, Answered, Hangup]
 
 
 def _subscribe_over_tcp(port: int) -> int | None:
@@ -172,8 +182,8 @@ async def test_allow_from_admits_a_configured_source(tmp_path: Path) -> None:
                 return peer.final_status(3)
 
         assert await asyncio.to_thread(invite) == 603
-        event = (await events_until(pool, None, {"inbound_rejected"}, 5))[-1]
-    assert STRANGER in event["from"]
+        event = (await events_until(pool, None, InboundRejected, 5))[-1]
+    assert STRANGER in typed(event, InboundRejected).from_
 
 
 async def test_an_agent_on_another_host_can_hang_up(tmp_path: Path) -> None:
@@ -185,13 +195,13 @@ async def test_an_agent_on_another_host_can_hang_up(tmp_path: Path) -> None:
     ) as (caller, agent):
         async with pool_of(trunk("main", caller.uri)) as pool:
             await pool.dial("c1", "+15550001", "main")
-            await events_until(pool, "c1", {"answered"})
+            await events_until(pool, "c1", Answered)
             await pool.transfer("c1", f"sip:agent@127.0.0.3:{agent.port}", "bridge")
-            bridged = await events_until(pool, "c1", {"agent_failed", "agent_ended", "hangup"})
+            bridged = await events_until(pool, "c1", (AgentFailed, AgentEnded, Hangup))
             await pool.hangup("c1")
             await events_until(pool, "c1", FINAL)
         assert agent.wait(10) == 0, agent.error_text()
-    assert names(bridged) == ["agent_ringing", "agent_answered", "agent_ended"]
+    assert kinds(bridged) == [AgentRinging, AgentAnswered, AgentEnded]
 
 
 async def test_an_inbound_flood_is_not_a_flood_of_rows(sqlite_url: str, tmp_path: Path) -> None:

@@ -15,9 +15,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from siputil import RtpPeer, Sipp, events_until, mulaw_tone, names, pool_of, sipps, trunk
+from siputil import (
+    FINAL,
+    RtpPeer,
+    Sipp,
+    events_until,
+    kinds,
+    mulaw_tone,
+    pool_of,
+    sipps,
+    trunk,
+    typed,
+)
 
-FINAL = {"failed", "hangup", "interrupted"}
+from sip.events import Answered, Error, Hangup
 
 
 async def _until(condition: Callable[[], bool], within: float = 30) -> None:
@@ -50,7 +61,7 @@ async def test_foreign_rtp_neither_diverts_nor_feeds_the_call(
         with sipps(uas):
             async with pool_of(trunk("main", uas.uri), lines=1, measure_audio=True) as pool:
                 await pool.dial("c-rtp", "+15550100", "main", ring_timeout=10)
-                await events_until(pool, "c-rtp", {"answered"})
+                await events_until(pool, "c-rtp", Answered)
                 # the bot's RTP reaches the callee
                 line_rtp = await asyncio.to_thread(callee.wait_received, 10)
                 callee.target = line_rtp
@@ -68,12 +79,13 @@ async def test_foreign_rtp_neither_diverts_nor_feeds_the_call(
     finally:
         callee.close()
         attacker.close()
-    hangup = events[-1]
     # the kernel dropped the stranger's datagrams: pjmedia never saw them, nothing to say
-    assert names(events) == ["hangup"] and hangup["status"] == 200, events
+    assert kinds(events) == [Hangup], events
+    hangup = typed(events[-1], Hangup)
+    assert hangup.status == 200
     assert attacker.received == [], "the bot's audio went to the attacker"
-    assert hangup["rx_voiced"] == 0, "the attacker's audio reached the tap"
-    assert hangup["rx_frames"] > 50
+    assert hangup.rx_voiced == 0, "the attacker's audio reached the tap"
+    assert hangup.rx_frames is not None and hangup.rx_frames > 50
 
 
 async def test_an_unpinned_call_stops_listening_at_the_first_stranger(
@@ -97,14 +109,16 @@ async def test_an_unpinned_call_stops_listening_at_the_first_stranger(
         with sipps(uas):
             async with pool_of(trunk("main", uas.uri), lines=1, measure_audio=True) as pool:
                 await pool.dial("c-watch", "+15550101", "main", ring_timeout=10)
-                seen = await events_until(pool, "c-watch", {"answered"})
+                seen = await events_until(pool, "c-watch", Answered)
                 line_rtp = await asyncio.to_thread(callee.wait_received, 10)
                 callee.target = attacker.target = line_rtp
                 callee.sending.set()
                 attacker.sending.set()
-                seen += await events_until(pool, "c-watch", {"error"})
-                while seen[-1].get("security") != "rtp" or "RTP from" not in seen[-1]["message"]:
-                    seen += await events_until(pool, "c-watch", {"error"})
+                seen += await events_until(pool, "c-watch", Error)
+                while (error := typed(seen[-1], Error)).security != "rtp" or (
+                    "RTP from" not in error.message
+                ):
+                    seen += await events_until(pool, "c-watch", Error)
                 after_event = attacker.sent
                 await _until(lambda: attacker.sent >= after_event + 2000)  # 100 tone frames
                 attacker.sending.clear()
@@ -114,11 +128,11 @@ async def test_an_unpinned_call_stops_listening_at_the_first_stranger(
     finally:
         callee.close()
         attacker.close()
-    warnings = [e for e in seen if e["event"] == "error"]
-    assert [w["security"] for w in warnings] == ["rtp", "rtp"], warnings  # cannot pin; stranger
-    assert f"RTP from 127.0.0.1:{attacker.port} on the callee's leg" in warnings[1]["message"]
-    hangup = seen[-1]
-    assert hangup["event"] == "hangup" and hangup["status"] == 200
+    warnings = [e for e in seen if isinstance(e, Error)]
+    assert [w.security for w in warnings] == ["rtp", "rtp"], warnings  # cannot pin; stranger
+    assert f"RTP from 127.0.0.1:{attacker.port} on the callee's leg" in warnings[1].message
+    hangup = typed(seen[-1], Hangup)
+    assert hangup.status == 200
     # the 100 tone frames sent after the warning never reached the tap (without the gate
     # they all do): what did, if anything, came in the turn before the line noticed
-    assert hangup["rx_voiced"] < 50, hangup
+    assert hangup.rx_voiced is not None and hangup.rx_voiced < 50, hangup

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from dialer import store
 from dialer.campaign_state import Action
 from dialer.campaigns import CampaignSpec, add_trunk, change_state, create_campaign, import_contacts
 from dialer.worker import Worker
+from sip.events import Answered, Hangup, LineEvent
 from sip.pool import DialOutcomeUnknown, DialRefused
 
 
@@ -39,7 +39,7 @@ class ScriptedPool:
         self.fail_first = fail_first  # raised by the first dial
         self.hangup_after = hangup_after
         self.stamp_early = stamp_early
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.queue: asyncio.Queue[LineEvent] = asyncio.Queue()
         self.dialled: list[str] = []
         self.hung_up: list[str] = []
         self.line_deaths = 0
@@ -62,11 +62,12 @@ class ScriptedPool:
 
     async def _call(self, call_id: str) -> None:
         answered = time.time()
-        await self.queue.put({"event": "answered", "call_id": call_id, "at": answered})
+        await self.queue.put(Answered(call_id=call_id, at=answered))
         # the hangup happens at answered + hangup_after, and is seen stamp_early later
         await asyncio.sleep(self.hangup_after + self.stamp_early)
-        await self.queue.put({"event": "hangup", "call_id": call_id, "by": "remote",
-                              "status": 200, "at": answered + self.hangup_after})  # fmt: skip
+        await self.queue.put(
+            Hangup(call_id=call_id, by="remote", status=200, at=answered + self.hangup_after)
+        )
 
     def reconfigure(self, trunks: tuple[Any, ...]) -> None:
         self.trunks = trunks  # the worker's trunks, read at its first refresh
@@ -83,9 +84,9 @@ class ScriptedPool:
     async def transfer(self, *_: Any) -> None:
         return None
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        while True:
-            yield await self.queue.get()
+    async def next_event(self, within: float | None = None) -> LineEvent:
+        async with asyncio.timeout(within):
+            return await self.queue.get()
 
 
 async def campaign(db_url: str, tmp_path: Path, phones: list[str]) -> tuple[Database, Ledger]:
