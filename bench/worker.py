@@ -87,9 +87,9 @@ async def run_campaign(folder: Path, lines: int, contacts: int, kind: str,
     async with running_worker(database, ledger, lines=lines, sip_port=9000, rtp_port=26000,
                               assets=folder, drain_seconds=10) as worker:  # fmt: skip
         while True:
-            samples.append(len(worker.sessions))
+            samples.append(len(worker.calls))
             status = await campaign_status(database, "bulk")
-            if status["state"] != "running" and not worker.sessions:
+            if status["state"] != "running" and not worker.calls:
                 break
             await asyncio.sleep(0.2)
         elapsed = time.monotonic() - started
@@ -103,9 +103,9 @@ async def run_campaign(folder: Path, lines: int, contacts: int, kind: str,
             overshoot -= entry.seconds
         if entry.counter == "speech" and running <= 0 and entry.kind == "debit":
             exhausted = True
-    up = worker.exhausted_with_calls_up[0] if worker.exhausted_with_calls_up else 0
+    up = worker.metrics.exhausted_with_calls_up[0] if worker.metrics.exhausted_with_calls_up else 0
     return Result(contacts, elapsed, status["calls"]["answered"], max(samples),
-                  statistics.mean(samples), list(worker.billing_lag), overshoot,
+                  statistics.mean(samples), list(worker.metrics.billing_lag), overshoot,
                   up * 15)  # fmt: skip
 
 

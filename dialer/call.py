@@ -301,7 +301,7 @@ class CallSession:
         when = stamped or clock.wall_of(at)  # the CDR's times: the line's wall clock
         match event:
             case Speech():
-                return self._line(self.run.speech(event.model_dump(), at), at)
+                return self._line(self.run.speech(event, at), at)
             case Ringing():
                 self.cdr["ringing_at"] = when
                 return [self._publish("call.ringing", status=event.status)]

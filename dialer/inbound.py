@@ -8,8 +8,12 @@ bucket keeps the record rate bounded; what it drops is counted and summarised in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
+from dialer.retry import Disposition
 from dialer.text import strip_controls
+from sip.events import InboundRejected
 
 RECORDS_PER_SECOND = 1.0
 BURST = 20
@@ -45,3 +49,13 @@ class InboundRecords:
     def take_dropped(self) -> int:
         dropped, self.dropped = self.dropped, 0
         return dropped
+
+
+def inbound_cdr(call_id: str, at: datetime, event: InboundRejected) -> dict[str, Any]:
+    """The record of an INVITE a line refused: never billed, no campaign."""
+    return {
+        "call_id": call_id, "account": "", "phone": caller_of(event.from_),
+        "direction": "inbound", "trunk_kind": "", "invite_at": at, "ended_at": at,
+        "sip_status": event.status, "disposition": Disposition.INBOUND_REJECTED.value,
+        "hangup_by": "local", "line": event.line,
+    }  # fmt: skip

@@ -26,6 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import Connection, text
 
+from dialer.metrics import WorkerView
+
 log = structlog.get_logger("dialer.ops")
 
 MAX_REQUEST_BYTES = 8192
@@ -47,7 +49,7 @@ def _ping(conn: Connection) -> None:
 
 
 class OpsServer:
-    def __init__(self, worker: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, worker: WorkerView, host: str = "127.0.0.1", port: int = 0) -> None:
         self.worker = worker
         self.host = host
         self.port = port
@@ -104,32 +106,32 @@ class OpsServer:
             up.add_metric([state], count)
         families.append(up)
         placed = CounterMetricFamily("dialer_calls_placed", "INVITEs sent (rate() = calls/s)")
-        placed.add_metric([], w.placed)
+        placed.add_metric([], w.metrics.placed)
         families.append(placed)
         for name, doc, value in (
-            ("dialer_line_deaths", "Line processes that died (restarted)", w.pool.line_deaths),
-            ("dialer_calls_recovered", "Calls of dead workers settled", w.recovered),
+            ("dialer_line_deaths", "Line processes that died (restarted)", w.lines.line_deaths),
+            ("dialer_calls_recovered", "Calls of dead workers settled", w.metrics.recovered),
             ("dialer_db_write_retries", "Writes retried while the database was away",
-             w.db_retries),
+             w.metrics.db_retries),
             ("dialer_inbound_unrecorded", "Refused inbound calls over the CDR rate limit",
-             w.inbound_unrecorded),
+             w.metrics.inbound_unrecorded),
         ):  # fmt: skip
             family = CounterMetricFamily(name, doc)
             family.add_metric([], value)
             families.append(family)
         ended = CounterMetricFamily("dialer_calls_ended", "Calls ended, by disposition",
                                     labels=["disposition"])  # fmt: skip
-        for disposition, count in sorted(w.dispositions.items()):
+        for disposition, count in sorted(w.metrics.dispositions.items()):
             ended.add_metric([disposition], count)
         families.append(ended)
         slots = GaugeMetricFamily("dialer_line_free_slots", "Free call slots on the lines")
-        slots.add_metric([], w.pool.free_slots)
+        slots.add_metric([], w.lines.free_slots)
         families.append(slots)
-        alive, _ = w.pool.lines_up
+        alive, _ = w.lines.lines_up
         lines = GaugeMetricFamily("dialer_lines_up", "Line processes alive")
         lines.add_metric([], alive)
         families.append(lines)
-        lag = sorted(list(w.billing_lag)[-1000:])
+        lag = sorted(list(w.metrics.billing_lag)[-1000:])
         summary = GaugeMetricFamily("dialer_billing_lag_seconds",
                                     "Answer -> first debit committed, last 1,000 calls",
                                     labels=["quantile"])  # fmt: skip
@@ -155,23 +157,23 @@ class OpsServer:
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         w = self.worker
-        alive, total = w.pool.lines_up
+        alive, total = w.lines.lines_up
         try:
             await asyncio.wait_for(w.db.run(_ping, write=False), 5)
             database = "ok"
         except Exception as exc:  # any failure is the answer
             database = f"error: {type(exc).__name__}"
         mqtt = "off"
-        if w.bridge is not None:
-            mqtt = "connected" if w.bridge.connected.is_set() else "disconnected"
+        if w.mqtt_connected is not None:
+            mqtt = "connected" if w.mqtt_connected() else "disconnected"
         # the dialling loop completes a round every 50 ms when all is well
-        since_round = time.monotonic() - w.last_round
+        since_round = time.monotonic() - w.metrics.last_round
         dialling = "ok" if since_round < STALE_LOOP_SECONDS else f"stalled {since_round:.0f} s"
         healthy = (alive == total and alive > 0 and database == "ok" and mqtt != "disconnected"
                    and dialling == "ok")  # fmt: skip
         return healthy, {
             "status": "ok" if healthy else "degraded", "worker": w.worker_id,
-            "lines": {"up": alive, "total": total, "free_slots": w.pool.free_slots},
-            "calls_up": len(w.sessions), "database": database, "mqtt": mqtt,
+            "lines": {"up": alive, "total": total, "free_slots": w.lines.free_slots},
+            "calls_up": w.calls_up(), "database": database, "mqtt": mqtt,
             "dialling": dialling,
         }  # fmt: skip

@@ -10,11 +10,12 @@ from pathlib import Path
 from billing.ledger import Ledger
 from billing.storage import Database
 from dialer import db, store
+from dialer.campaign_cache import trunk_configs
 from dialer.config import MqttConfig, OpsConfig, Settings, SipConfig
 from dialer.events import EventBuffer, Events
 from dialer.mqtt import MqttBridge
 from dialer.ops import OpsServer
-from dialer.worker import Worker, trunk_configs
+from dialer.worker import Worker
 from sip.pool import LinePool, PoolConfig
 
 WORKER_COMMAND_TIMEOUT = 60.0
@@ -65,19 +66,21 @@ async def running_worker(
         bridge_stop = asyncio.Event()
         bridge: asyncio.Task[None] | None = None
         if events is not None and mqtt is not None and mqtt.url:
-            worker.bridge = MqttBridge(
+            mqtt_bridge = MqttBridge(
                 mqtt.url, ledger, events, worker.worker_id, username=mqtt.username,
                 password=mqtt.password.get_secret_value() if mqtt.password else None,
                 tls=mqtt.tls, ca_file=mqtt.ca_file, max_packet=mqtt.max_packet_bytes,
             )  # fmt: skip
-            bridge = asyncio.create_task(worker.bridge.run(bridge_stop), name="mqtt")
+            worker.mqtt_connected = mqtt_bridge.connected.is_set
+            bridge = asyncio.create_task(mqtt_bridge.run(bridge_stop), name="mqtt")
         task = asyncio.create_task(worker.run(stop, drain_seconds))
         endpoints = contextlib.AsyncExitStack()
         try:
             if ops is not None and ops.port is not None:
-                worker.ops = await endpoints.enter_async_context(
+                server = await endpoints.enter_async_context(
                     OpsServer(worker, ops.bind_address, ops.port)
                 )
+                worker.ops_port = server.port
             yield worker
         finally:
             await endpoints.aclose()

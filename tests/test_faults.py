@@ -90,7 +90,7 @@ async def dial_campaign(
                 assert asyncio.get_running_loop().time() < deadline, "campaigns never finished"
                 await asyncio.sleep(0.25)
             for _ in range(200):  # the last CDR written
-                if not worker.sessions:
+                if not worker.calls:
                     break
                 await asyncio.sleep(0.05)
 
@@ -307,8 +307,8 @@ async def test_a_line_process_killed_mid_call(db_url: str, tmp_path: Path) -> No
     async def kill_a_line(database: Database, worker: Worker) -> None:
         await calls_answered(worker, 2)
         await asyncio.sleep(1.0)
-        victim = next(s for s in worker.sessions.values() if s.line == "line0")
-        killed["call_id"] = victim.call_id
+        victim = next(s for s in worker.calls.values() if s.line == "line0")
+        killed["call_id"] = victim.plan.call_id
         pid = worker.pool.pids()[0]
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
@@ -358,11 +358,11 @@ async def test_postgresql_restarted_mid_campaign(pg_url: str, tmp_path: Path) ->
 
     async def restart_postgres(database: Database, worker: Worker) -> None:
         await calls_answered(worker, 2)
-        placed = worker.placed
+        placed = worker.metrics.placed
         await asyncio.to_thread(_postgres, "stop")
         try:
             await asyncio.sleep(5)
-            assert worker.placed == placed  # no claim, no INVITE without the database
+            assert worker.metrics.placed == placed  # no claim, no INVITE without the database
         finally:
             await asyncio.to_thread(_postgres, "start")
 
@@ -376,6 +376,6 @@ async def test_postgresql_restarted_mid_campaign(pg_url: str, tmp_path: Path) ->
     finally:
         await asyncio.to_thread(_postgres, "start")  # never leave the suite without it
     check_books(outcome, callee_calls(uas))
-    assert outcome.worker.db_retries > 0  # the two calls' settlements waited for it
+    assert outcome.worker.metrics.db_retries > 0  # the two calls' settlements waited for it
     assert [c.disposition for c in outcome.calls] == ["answered"] * 4
     assert all(c.billed_telephony_seconds == 15 for c in outcome.calls)

@@ -54,7 +54,8 @@ async def test_metrics_and_health_of_a_running_worker(sqlite_url: str, tmp_path:
                 database, ledger, lines=2, rtp_port=rtp_base(), drain_seconds=5,
                 ops=OpsConfig(port=0),
             ) as worker:  # fmt: skip
-                port = worker.ops.port
+                assert worker.ops_port is not None
+                port = worker.ops_port
                 status, body = await get(port, "/health")
                 health = json.loads(body)
                 assert status == 200 and health["status"] == "ok", health

@@ -45,7 +45,7 @@ async def _dial_until_done(url: str) -> dict[str, Any]:
             while (await campaign_status(database, "spring"))["state"] != "completed":
                 assert asyncio.get_running_loop().time() < deadline, "never completed"
                 await asyncio.sleep(0.2)
-            placed = worker.placed
+            placed = worker.metrics.placed
 
         def contacts(conn: Connection) -> dict[str, Any]:
             rows = conn.execute(select(store.CONTACT)).all()

@@ -59,7 +59,8 @@ async def test_two_workers_share_the_trunks_channels(pg_url: str, tmp_path: Path
     check_books(Outcome(calls, contacts, balances, all(a.consistent for a in audit), workers[0]),
                 callees)  # fmt: skip
     assert len(callees) == 10 and all(c.state == store.DONE for c in contacts)
-    assert all(w.placed > 0 for w in workers), [w.placed for w in workers]  # both dialled
+    placed = [w.metrics.placed for w in workers]
+    assert all(n > 0 for n in placed), placed  # both dialled
     # the callee's view: never more than 3 calls at once, whichever worker placed them
     edges = sorted([(c.invited_at, 1) for c in callees] + [(c.ended_at or 0, -1) for c in callees])
     up = peak = 0

@@ -240,7 +240,7 @@ async def test_an_inbound_flood_is_not_a_flood_of_rows(sqlite_url: str, tmp_path
             )
     limit = outcome.worker.inbound
     assert 0 < len(inbound) <= limit.burst + flood_seconds[0] * limit.rate + 5
-    assert outcome.worker.inbound_unrecorded > 100  # declined, counted, not written
+    assert outcome.worker.metrics.inbound_unrecorded > 100  # declined, counted, not written
     assert all("\x1b" not in c.phone and "\x07" not in c.phone for c in inbound)
     assert outcome.worker.pool.line_deaths == 0
 

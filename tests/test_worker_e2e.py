@@ -248,11 +248,11 @@ async def test_sigterm_drain_and_inbound_calls(db_url: str, tmp_path: Path, voic
                 assets=None,
                 drain_seconds=1.0,
             ) as worker:
-                sessions = worker.sessions
+                sessions = worker.calls
                 await wait_until(
                     lambda: (
                         len(sessions) == 2
-                        and all(s.meter.answered_at_ms is not None for s in sessions.values())
+                        and all(s.answered_at is not None for s in sessions.values())
                     )
                 )
                 await asyncio.sleep(2)
@@ -307,7 +307,7 @@ async def test_no_invite_leaves_after_the_exhausting_debit(db_url: str, tmp_path
                 await asyncio.sleep(4)
             calls = await database.run(lambda c: store.calls_of(c, 1), write=False)
             status = await campaign_status(database, "spring")
-    exhausted = datetime.fromtimestamp(worker.exhausted_at[0], UTC).replace(tzinfo=None)
+    exhausted = datetime.fromtimestamp(worker.metrics.exhausted_at[0], UTC).replace(tzinfo=None)
     decided = [c.invite_at for c in calls]
     assert decided and max(decided) <= exhausted
     assert len(uas.received("INVITE")) == len(calls) < 16  # the batch was cut short

@@ -149,7 +149,7 @@ async def test_an_unexpected_error_in_a_round_does_not_stop_the_worker(
     try:
         pool = ScriptedPool(hangup_after=0.3, stamp_early=0.0)
         worker = Worker(database, ledger, pool, worker_id="w1")  # type: ignore[arg-type]
-        refresh = worker._refresh
+        refresh = worker.cache.refresh
         failures: list[int] = []
 
         async def flaky_refresh() -> None:
@@ -158,7 +158,7 @@ async def test_an_unexpected_error_in_a_round_does_not_stop_the_worker(
                 raise RuntimeError("something nobody expected")
             await refresh()
 
-        worker._refresh = flaky_refresh  # type: ignore[method-assign]
+        worker.cache.refresh = flaky_refresh  # type: ignore[method-assign]
         await run_until_done(worker, database)
         assert failures and pool.dialled == ["+14155550100"]
         row = await database.run(lambda c: store.campaign_by_name(c, "spring"), write=False)
@@ -184,7 +184,7 @@ async def test_a_dial_that_never_left(failure: Exception, db_url: str, tmp_path:
         contacts = await database.run(lambda c: list(c.execute(select(store.CONTACT))), write=False)
         assert [c.disposition for c in calls] == ["answered"]  # no orphan CDR
         assert [(c.state, c.attempts) for c in contacts] == [("done", 1)]
-        assert not worker.sessions and pool.dialled == ["+14155550100"]
+        assert not worker.calls and pool.dialled == ["+14155550100"]
     finally:
         await database.dispose()
 

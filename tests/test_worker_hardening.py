@@ -26,8 +26,8 @@ from test_worker_e2e import (
 from billing.ledger import Ledger, call_debits
 from billing.storage import Database
 from billing.tariff import Counter
+from dialer import calls as clock_module
 from dialer import store
-from dialer import worker as worker_module
 from dialer.campaign_state import Action
 from dialer.campaigns import (
     CampaignSpec,
@@ -154,7 +154,8 @@ async def test_a_trunk_row_that_fails_the_checks_never_stops_the_worker(
 
 
 class _SteppedClock:
-    """The worker's `time` module with a wall clock that can be stepped."""
+    """The `time` module of the calls (their clock readings) with a wall clock that can
+    be stepped."""
 
     def __init__(self) -> None:
         self.offset = 0.0
@@ -172,7 +173,7 @@ async def test_a_wall_clock_step_mid_call_is_not_billed(
     """+1 h on the worker's wall clock 2 s into an 8 s call: billed by the callee's
     clock, 15 s, not 3,615 s."""
     clock = _SteppedClock()
-    monkeypatch.setattr(worker_module, "time", clock)
+    monkeypatch.setattr(clock_module, "time", clock)
     with simulator(tmp_path, _plan(voice, {"+14155556201": 8})) as sim:
         async with Database(sqlite_url) as database:
             ledger = Ledger(database)
@@ -181,7 +182,7 @@ async def test_a_wall_clock_step_mid_call_is_not_billed(
             await change_state(database, ledger.tariff, "stepped", Action.START)
             async with running_worker(database, ledger) as worker:
                 deadline = asyncio.get_running_loop().time() + 30
-                while not any(s.answered_at for s in list(worker.sessions.values())):
+                while not any(s.answered_at for s in list(worker.calls.values())):
                     assert asyncio.get_running_loop().time() < deadline, "never answered"
                     await asyncio.sleep(0.05)
                 await asyncio.sleep(2)
@@ -260,7 +261,7 @@ async def test_a_failing_session_is_settled_at_once(
             await change_state(database, ledger.tariff, "broken", Action.START)
             async with running_worker(database, ledger) as worker:
                 await wait_for_state(database, "broken", {"completed"}, within=60)
-                sessions = dict(worker.sessions)
+                sessions = dict(worker.calls)
             [call] = await _calls(database, "broken")
             await _books_match(database, call)
             contact = (await _contacts(database))["+14155556401"]
