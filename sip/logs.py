@@ -65,12 +65,15 @@ class LogSettings:
     level: Level = "info"
 
 
-_current = LogSettings()
+_current: LogSettings | None = None
 
 
 def current_settings() -> LogSettings:
-    """The settings of the last ``configure`` in this process (format resolved)."""
-    return _current
+    """The settings of the last ``configure`` in this process (format resolved); never
+    configured: what ``configure()`` would choose (console on a terminal, JSON off one)."""
+    if _current is not None:
+        return _current
+    return LogSettings("console" if sys.stderr.isatty() else "json", "info")
 
 
 def configure(
@@ -145,7 +148,7 @@ class PjsipLog:
 
     def __init__(self, **context: Any) -> None:
         self._log = structlog.get_logger().bind(logger="pjsip", **context)
-        self._debug = _current.level == "debug"
+        self._debug = current_settings().level == "debug"
 
     def __call__(self, pjsip_level: int, message: str) -> None:
         with contextlib.suppress(Exception):  # a log line is never worth crashing a line

@@ -235,3 +235,27 @@ def test_the_worker_hands_its_logging_settings_down_to_its_lines(
             assert CONSOLE.match(line), line
         initialized = next(line for line in lines if "pjlib 2.15" in line)
         assert "[debug" in initialized and "line=line0" in initialized
+
+
+def test_lines_of_an_unconfigured_process_log_like_its_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pool in a process that never configured structlog (a benchmark, a script)."""
+    import sip.logs
+    from sip.pool import PoolConfig
+
+    monkeypatch.setattr(sip.logs, "_current", None)
+    monkeypatch.setattr(sys, "stderr", Tty())
+    config = PoolConfig().line_config(0)
+    assert (config.log_format, config.log_threshold, config.log_level) == ("console", "info", None)
+    configure("json", "debug", stream=io.StringIO())
+    try:
+        assert PoolConfig().line_config(1).log_format == "json"
+        assert PoolConfig().line_config(1).log_threshold == "debug"
+    finally:
+        configure(stream=sys.__stderr__)
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
