@@ -42,9 +42,17 @@ def move_c_stdout_to_stderr() -> int:
 
 
 def create_endpoint(
-    ep: Any = None, log_level: int = 0, media_clock_rate: int = 16000, user_agent: str = USER_AGENT
+    ep: Any = None,
+    log_level: int = 0,
+    media_clock_rate: int = 16000,
+    user_agent: str = USER_AGENT,
+    log_writer: Any = None,
 ) -> Any:
-    """libCreate + libInit on ``ep`` (a pj.Endpoint subclass with callbacks, or a new one)."""
+    """libCreate + libInit on ``ep`` (a pj.Endpoint subclass with callbacks, or a new one).
+
+    ``log_writer`` (a pj.LogWriter) gets pjsip's log up to ``log_level``; pjsua2 deletes
+    it in ``libDestroy``, so the caller hands it over with ``__disown__()``.
+    """
     ep = ep if ep is not None else pj.Endpoint()
     ep.libCreate()
     cfg = pj.EpConfig()
@@ -54,7 +62,11 @@ def create_endpoint(
     cfg.uaConfig.userAgent = user_agent
     cfg.uaConfig.mwiUnsolicitedEnabled = False  # no unsolicited NOTIFY is ever of use here
     cfg.logConfig.level = log_level
-    cfg.logConfig.consoleLevel = log_level
+    cfg.logConfig.consoleLevel = log_level  # pjsua hands the writer only these levels
+    if log_writer is not None:
+        cfg.logConfig.writer = log_writer
+        cfg.logConfig.decor = pj.PJ_LOG_HAS_SENDER
+        cfg.logConfig.msgLogging = log_level >= 5  # whole SIP messages: trace levels only
     cfg.medConfig.noVad = True
     cfg.medConfig.clockRate = media_clock_rate
     cfg.medConfig.sndClockRate = media_clock_rate

@@ -29,12 +29,12 @@ import queue
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pjsua2 as pj
+import structlog
 
 from sip.audio import is_voiced, vector_bytes
 from sip.endpoint import (
@@ -49,6 +49,8 @@ from sip.endpoint import (
     set_codec_priorities,
 )
 from sip.errors import SipSetupError
+from sip.logs import PjsipLog, pjsip_produced
+from sip.pjlog import LogWriter, log_early
 from sip.protocol import (
     Command,
     Dial,
@@ -75,6 +77,8 @@ from sip.sockfilter import (
 POLL_MS = 10
 SHUTDOWN_DRAIN_SECONDS = 2.0
 TAP_CLOCK_RATE = 16000
+
+log = structlog.get_logger("sip.engine")
 
 Emit = Callable[[list[dict[str, Any]]], None]
 
@@ -321,6 +325,7 @@ class SipEngine:
         self._agent_sources: list[Network] = []
         self._filtered_ports: list[tuple[int, socket.SocketKind]] = []
         self._outbox: list[dict[str, Any]] = []
+        self._log_writer: LogWriter | None = None  # owned by the Endpoint once handed over
 
     # -- other threads --------------------------------------------------------------------
 
@@ -378,7 +383,8 @@ class SipEngine:
                 self._ep.libHandleEvents(POLL_MS)
                 self._turn()
         except BaseException:
-            traceback.print_exc()  # stderr; the line must not live on without its SIP thread
+            # the line must not live on without its SIP thread
+            log.critical("SIP thread failed; the line exits", line=self.config.name, exc_info=True)
             self._teardown()
             os._exit(70)  # the pool sees the exit, reports the calls, starts a new line
         self._teardown()
@@ -387,7 +393,13 @@ class SipEngine:
         vector_bytes(pj.ByteVector())  # choose the frame reader here, not on the clock thread
         cfg = self.config
         self._ep = _Endpoint(self)
-        ep = create_endpoint(self._ep, cfg.log_level, TAP_CLOCK_RATE, cfg.user_agent)
+        # pjsip's own log: through structlog from libCreate on, never raw on stderr
+        level = cfg.log_level if cfg.log_level is not None else pjsip_produced(cfg.log_threshold)
+        pjsip_log = PjsipLog(line=cfg.name)
+        log_early(pjsip_log, level)
+        self._log_writer = LogWriter(pjsip_log)
+        self._log_writer.__disown__()  # libDestroy deletes it: Python must not as well
+        ep = create_endpoint(self._ep, level, TAP_CLOCK_RATE, cfg.user_agent, self._log_writer)
         transports = add_transports(
             ep,
             cfg.bind_address,

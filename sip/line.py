@@ -4,6 +4,8 @@ sip.pool.LinePool; it exits when its stdin closes, hanging up its calls first.
 
 The first message must be ``configure`` (it carries trunk credentials, which is why
 they come over the pipe and not on the command line, where ``ps`` would show them).
+It also says how to log: structlog lines on stderr like the orchestrator's, each with
+the line's name; pjsip's own log among them (sip.logs).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from sip.endpoint import move_c_stdout_to_stderr
 from sip.errors import SipSetupError
+from sip.logs import configure as configure_logs
 from sip.protocol import (
     MAX_LINE_BYTES,
     Configure,
@@ -65,6 +68,8 @@ async def serve(protocol_fd: int) -> int:
     if not isinstance(configure, Configure):
         write(event("error", message="the first command must be configure"))
         return 2
+    line = configure.line
+    configure_logs(line.log_format, line.log_threshold, line=line.name)
 
     listener = Listener(write.batch)
     engine = SipEngine(configure.line, write.batch, consumer=listener)
@@ -115,6 +120,7 @@ async def _pump(reader: asyncio.StreamReader, engine: Any, write: _Writer) -> No
 
 def main() -> None:
     protocol_fd = move_c_stdout_to_stderr()
+    configure_logs("json", "info")  # until the configuration says otherwise
     sys.exit(asyncio.run(serve(protocol_fd)))
 
 

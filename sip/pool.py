@@ -53,6 +53,7 @@ from sip.events import (
     Refused,
     decode,
 )
+from sip.logs import current_settings
 from sip.protocol import (
     Configure,
     Dial,
@@ -113,13 +114,14 @@ class PoolConfig:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_port: int = 0  # line i listens for TLS on tls_port + i (0: any free port)
-    log_level: int = 0
+    log_level: int | None = None  # pjsip's own (LineConfig.log_level)
     measure_audio: bool = False
     allow_from: tuple[str, ...] = ()  # SIP sources besides the trunks (LineConfig)
     filter_sources: bool = True
     user_agent: str = "campaign-dialer"
 
     def line_config(self, index: int) -> LineConfig:
+        logs = current_settings()  # lines log like this process (they share its stderr)
         return LineConfig(
             name=f"line{index}",
             bind_address=self.bind_address,
@@ -134,6 +136,8 @@ class PoolConfig:
             inbound_reject_status=self.inbound_reject_status,
             trunks=list(self.trunks),
             log_level=self.log_level,
+            log_format=logs.format,
+            log_threshold=logs.level,
             measure_audio=self.measure_audio,
             allow_from=list(self.allow_from),
             filter_sources=self.filter_sources,

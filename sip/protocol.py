@@ -168,7 +168,13 @@ class LineConfig(BaseModel):
     codecs: list[str] = Field(default_factory=lambda: ["PCMU/8000", "PCMA/8000", "G722/16000"])
     inbound_reject_status: Literal[603, 480, 486] = 603
     trunks: list[TrunkConfig] = Field(default_factory=list, max_length=7)  # PJSUA_MAX_ACC 8
-    log_level: int = Field(default=0, ge=0, le=6)  # pjsip's own log, to stderr
+    # The line's structlog lines (pjsip's own log included) are like the orchestrator's:
+    # this format, nothing below this level, on the stderr they share.
+    log_format: Literal["json", "console"] = "json"
+    log_threshold: Literal["debug", "info", "warning", "error"] = "info"
+    # pjsip's own log: the pjsip levels produced at all (0 fatal .. 6), mapped to structlog
+    # levels (sip.logs). None: errors and warnings, plus its info and debug at "debug".
+    log_level: int | None = Field(default=None, ge=0, le=6)
     measure_audio: bool = False  # count voiced frames of the callee (QA diagnostics)
     # SIP requests are taken only from the trunks' and proxies' addresses and these
     # (IPv4 addresses, networks or host names); everything else is dropped unanswered
