@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from siputil import Message, Sipp, rtp_base, sipps
 from sqlalchemy import Connection, select
 
@@ -34,6 +35,8 @@ from dialer.campaign_state import Action
 from dialer.campaigns import CampaignSpec, add_trunk, change_state, create_campaign, import_contacts
 from dialer.config import SipConfig
 from dialer.worker import Worker
+
+pytestmark = pytest.mark.sip
 
 MINUTES = 60
 T, S = Counter.TELEPHONY, Counter.SPEECH

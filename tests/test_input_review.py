@@ -16,7 +16,7 @@ from clitools import Run
 from rawsip import status_of
 from siputil import pool_of, trunk
 
-pytestmark = pytest.mark.usefixtures("isolated")
+pytestmark = [pytest.mark.sip, pytest.mark.usefixtures("isolated")]
 
 
 def test_a_do_not_call_import_echoes_a_short_cut_of_a_bad_number(

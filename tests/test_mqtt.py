@@ -27,6 +27,8 @@ from dialer.errors import DialerError
 from dialer.events import EventBuffer, Events
 from dialer.mqtt import MAX_PAYLOAD, OPERATOR, MqttBridge, client_for, reply_topic_allowed
 
+pytestmark = pytest.mark.mqtt
+
 
 @pytest.fixture(scope="session", autouse=True)
 def system_broker() -> None:

@@ -25,6 +25,8 @@ from billing.tariff import Counter
 from dialer.campaigns import campaign_status
 from dialer.mqtt import OPERATOR, MqttBridge
 
+pytestmark = pytest.mark.mqtt
+
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "mqtt.md"
 USERS = {"_worker": "w-pw", "_operator": "op-pw", "_viewer": "v-pw", "acme": "a-pw",
          "other": "o-pw"}  # fmt: skip

@@ -13,7 +13,10 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 from mqttutil import SYSTEM_URL, client, ensure_system_broker
+
+pytestmark = pytest.mark.mqtt
 
 HOSTILE = "\x1b[2J\x1b]0;owned\x07\x9b31m\x85\t\r\n\x7f\x00[red]ALERT[/red] :smile:"
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")

@@ -24,6 +24,8 @@ from billing.ledger import Ledger
 from billing.storage import Database
 from dialer.mqtt import DEFAULT_MAX_PACKET, OPERATOR, client_for
 
+pytestmark = [pytest.mark.sip, pytest.mark.mqtt]
+
 OP_TOPIC = f"dialer/v1/{OPERATOR}/billing/cmd"
 BIG = 50 * 1024 * 1024
 

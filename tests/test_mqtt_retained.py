@@ -18,6 +18,8 @@ from billing.storage import Database
 from dialer.campaigns import campaign_status
 from dialer.mqtt import OPERATOR, MqttBridge
 
+pytestmark = pytest.mark.mqtt
+
 OP_TOPIC = f"dialer/v1/{OPERATOR}/billing/cmd"
 TOPUP = {"action": "topup", "account": "acme", "counter": "speech", "minutes": 1}
 

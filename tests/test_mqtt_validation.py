@@ -9,12 +9,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mqttutil import SYSTEM_URL, client, ensure_system_broker, request
 from test_mqtt import bridge, make_account
 
 from billing.ledger import Ledger
 from billing.storage import Database
 from dialer.mqtt import OPERATOR
+
+pytestmark = pytest.mark.mqtt
 
 LONG = "A" * 5000
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 from mqttutil import PrivateBroker, client
 from siputil import rtp_base
 from sqlalchemy import select
@@ -28,6 +29,8 @@ from dialer import runtime, store
 from dialer.campaign_state import Action
 from dialer.campaigns import change_state
 from dialer.config import MqttConfig
+
+pytestmark = [pytest.mark.sip, pytest.mark.mqtt]
 
 
 class Subscriber:

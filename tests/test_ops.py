@@ -19,6 +19,8 @@ from dialer.campaign_state import Action
 from dialer.campaigns import change_state
 from dialer.config import OpsConfig
 
+pytestmark = pytest.mark.sip
+
 
 async def get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

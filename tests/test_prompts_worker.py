@@ -21,7 +21,7 @@ from billing.storage import Database
 from dialer import store
 from dialer.campaigns import campaign_status
 
-pytestmark = pytest.mark.usefixtures("isolated")
+pytestmark = [pytest.mark.sip, pytest.mark.usefixtures("isolated")]
 PHONE = "+14155557001"
 
 

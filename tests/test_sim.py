@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from siputil import SimProcess, events_until, names, pool_of, trunk
 
+pytestmark = pytest.mark.sip
+
 FINAL = {"failed", "hangup", "interrupted"}
 
 PLAN = """

@@ -13,6 +13,8 @@ from siputil import Sipp, events_until, names, pool_of, sipps, trunk
 
 from sip.pool import DialOutcomeUnknown, DialRefused, PoolFull, UnknownCall
 
+pytestmark = pytest.mark.sip
+
 FINAL = {"failed", "hangup", "interrupted"}
 
 

@@ -26,6 +26,8 @@ from dialer.config import SipConfig
 from dialer.worker import Worker
 from sip.protocol import LineConfig
 
+pytestmark = pytest.mark.sip
+
 FINAL = {"failed", "hangup", "interrupted"}
 STRANGER = "127.0.0.2"  # another address on loopback: not a trunk's
 

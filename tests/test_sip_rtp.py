@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from siputil import RtpPeer, Sipp, events_until, mulaw_tone, names, pool_of, sipps, trunk
 
+pytestmark = pytest.mark.sip
+
 FINAL = {"failed", "hangup", "interrupted"}
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from siputil import Sipp, events_until, names, pool_of, sipps, trunk
+
+pytestmark = pytest.mark.sip
 
 FINAL = {"failed", "hangup", "interrupted"}
 AGENT_DONE = {"agent_failed", "agent_ended", "hangup"}

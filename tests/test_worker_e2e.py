@@ -30,6 +30,8 @@ from dialer.campaigns import (
     import_contacts,
 )
 
+pytestmark = pytest.mark.sip
+
 T, S = Counter.TELEPHONY, Counter.SPEECH
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -38,6 +38,8 @@ from dialer.campaigns import (
 )
 from dialer.script_run import ScriptRun
 
+pytestmark = pytest.mark.sip
+
 T, S = Counter.TELEPHONY, Counter.SPEECH
 
 
