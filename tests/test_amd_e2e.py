@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from test_worker_e2e import (
+from workerutil import (
     make_campaign,
     rounded,
     running_worker,

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from mqttutil import PrivateBroker, client, request
-from test_mqtt import bridge, make_account
-from test_worker_e2e import wait_until
+from mqttutil import PrivateBroker, bridge, client, make_account, request
+from workerutil import wait_until
 
 from billing.errors import BillingError
 from billing.ledger import Ledger

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from mqttutil import PrivateBroker, client, request
+from mqttutil import PrivateBroker, client, make_account, request
 from siputil import rtp_base
-from test_mqtt import make_account
 
 from billing.ledger import Ledger
 from billing.storage import Database

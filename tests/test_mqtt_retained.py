@@ -10,8 +10,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from mqttutil import PrivateBroker, client, request
-from test_mqtt import bridge, make_account
+from mqttutil import PrivateBroker, bridge, client, make_account, request
 
 from billing.ledger import Ledger
 from billing.storage import Database

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mqttutil import SYSTEM_URL, client, ensure_system_broker, request
-from test_mqtt import bridge, make_account
+from mqttutil import SYSTEM_URL, bridge, client, ensure_system_broker, make_account, request
 
 from billing.ledger import Ledger
 from billing.storage import Database

@@ -15,13 +15,7 @@ import pytest
 from mqttutil import PrivateBroker, client
 from siputil import rtp_base
 from sqlalchemy import select
-from test_worker_e2e import (
-    make_campaign,
-    setup_account,
-    simulator,
-    wait_for_state,
-    wait_until,
-)
+from workerutil import make_campaign, setup_account, simulator, wait_for_state, wait_until
 
 from billing.ledger import ENTRY, Ledger
 from billing.storage import Database

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from siputil import rtp_base
-from test_worker_e2e import make_campaign, setup_account, simulator, wait_for_state
+from workerutil import make_campaign, setup_account, simulator, wait_for_state
 
 from billing.ledger import Ledger
 from billing.storage import Database

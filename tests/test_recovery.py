@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from siputil import rtp_base
-from test_worker_e2e import cli_campaign, simulator
+from workerutil import cli_campaign, simulator
 
 pytestmark = pytest.mark.sip
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from siputil import Sipp, rtp_base, sipps
-from test_faults import MINUTES, Outcome, callee_calls, check_books, phones, unfinished
+from workerutil import MINUTES, Outcome, callee_calls, check_books, phones, unfinished
 
 from billing.ledger import Ledger
 from billing.storage import Database

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from rawsip import RawSip, raw_sip, status_of
 from siputil import Sipp, events_until, names, pool_of, sipps, trunk
 from sqlalchemy import select
-from test_faults import callee_calls, calls_answered, check_books, dial_campaign, phones
+from workerutil import callee_calls, calls_answered, check_books, dial_campaign, phones
 
 from billing.storage import Database
 from dialer import store

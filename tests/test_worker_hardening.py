@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, insert, select, update
-from test_worker_e2e import (
+from workerutil import (
     callee_durations,
     make_campaign,
     rounded,
