@@ -93,7 +93,3 @@ def describe(status: Status) -> str:
     if status.pause_reason is not None:
         return f"paused ({status.pause_reason.value})"
     return status.state.value
-
-
-def dialable(status: Status) -> bool:
-    return status.state is _S.RUNNING
