@@ -1,6 +1,6 @@
 """The campaign state machine, pure (no clock, no I/O).
 
-Rules of this file (ARCHITECTURE.md "Billing rules", issue 4):
+Rules of this file (ARCHITECTURE.md "Billing rules"):
 
 * draft -> running <-> paused (reason user | balance) -> completed | stopped.
 * start and resume need the balance gate's yes: the caller asks the ledger and passes

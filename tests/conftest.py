@@ -184,7 +184,7 @@ def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, ru
     return url
 
 
-# -- markers by what a test needs (pyproject.toml) -----------------------------------------
+# -- markers by what a test needs (pyproject.toml) ----------------------------------------
 
 SERVERS = {"sip", "postgres", "mqtt"}
 # fixtures that run a program (sox, festival): a test using one is not pure

@@ -1,5 +1,5 @@
-"""Holes the issue 12 review found after the fixes landed, each through the real component:
-the CLI on SQLite and PostgreSQL, a real pjsua2 line with raw SIP sockets."""
+"""Holes a hostile-input review found, each through the real component: the CLI on SQLite
+and PostgreSQL, a real pjsua2 line with raw SIP sockets."""
 
 from __future__ import annotations
 

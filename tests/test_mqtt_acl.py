@@ -1,4 +1,4 @@
-"""Issue 12: money is the operator's act. A private Mosquitto runs with exactly the ACL
+"""Money is the operator's act. A private Mosquitto runs with exactly the ACL
 that docs/mqtt.md recommends; real clients play each role, the customer as an attacker
 (MQTT 5 and 3.1.1): its own top-up is refused by the worker, its publish on the
 operator's topic is dropped by the broker, the operator's top-up works, the viewer reads

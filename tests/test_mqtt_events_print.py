@@ -1,5 +1,5 @@
-"""Issue 12: `dialer events` printed payload text raw, so a customer's escape sequences
-reached the operator's terminal. Every topic, key and value loses its control characters
+"""`dialer events` prints text a customer wrote: printed raw, its escape sequences would
+reach the operator's terminal. So every topic, key and value loses its control characters
 (C0, DEL, C1) in the human and the --json output, Rich markup in a payload is printed as
 text, and a payload the CLI cannot decode does not stop it."""
 

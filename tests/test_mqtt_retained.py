@@ -1,7 +1,7 @@
-"""Issue 12: a retained message on a cmd topic would be executed again at every
-(re)connect (a retained top-up of 1 minute was applied twice across a restart). The
-worker never executes one: not when its subscription starts, not when it is published
-live, from an MQTT 5 or a 3.1.1 publisher; a live one is refused and cleared."""
+"""A retained message on a cmd topic would be executed again at every (re)connect (a
+retained top-up of 1 minute applied twice across a restart). So the worker never
+executes one: not when its subscription starts, not when it is published live, from an
+MQTT 5 or a 3.1.1 publisher; a live one is refused and cleared."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 12: every field of an MQTT command is checked before anything is written (types,
+"""Every field of an MQTT command is checked before anything is written (types,
 whole and finite numbers, bounded lengths, no unknown fields), and the error quotes at
 most a short cut of what was sent. Real Mosquitto, the worker's bridge, a real ledger."""
 

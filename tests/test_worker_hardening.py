@@ -1,4 +1,4 @@
-"""The worker under issue 12's conditions, with real line processes, `dialer sim` callees
+"""The worker under hostile conditions, with real line processes, `dialer sim` callees
 and SQLite/PostgreSQL: trunks added while it runs, a campaign it cannot dial, a wall
 clock stepped mid-call, bad contact attributes in the database, a failing session."""
 
