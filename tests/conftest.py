@@ -203,6 +203,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`postgres` for the tests that reach the server (its fixtures, or the "postgresql"
     side of a parametrised backend); `sip` and `mqtt` come from the modules' pytestmark;
     `pure` for the rest unless it runs a program."""
+    modules = {item.nodeid.removeprefix("tests/").split("::")[0]: item.module for item in items
+               if isinstance(item, pytest.Function)}  # fmt: skip
+    for prefix in NOT_PURE:  # a renamed test would turn pure unnoticed
+        module, _, name = prefix.partition("::")
+        if module in modules and name and not hasattr(modules[module], name):
+            raise pytest.UsageError(f"NOT_PURE names no test: {prefix}")
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         callspec = getattr(item, "callspec", None)
@@ -211,9 +217,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.postgres)
         needs = {mark.name for mark in item.iter_markers()}
         node = item.nodeid.removeprefix("tests/")
-        if (
-            not needs & (SERVERS | {"pure"})
-            and not fixtures & PROGRAMS
-            and not any(node.startswith(prefix) for prefix in NOT_PURE)
-        ):
+        named = any(node.startswith(prefix) for prefix in NOT_PURE)
+        if not needs & (SERVERS | {"pure"}) and not fixtures & PROGRAMS and not named:
             item.add_marker(pytest.mark.pure)
