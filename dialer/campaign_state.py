@@ -1,6 +1,6 @@
 """The campaign state machine, pure (no clock, no I/O).
 
-Rules of this file (ARCHITECTURE.md "Billing rules", issue 4):
+Rules of this file (ARCHITECTURE.md "Billing rules"):
 
 * draft -> running <-> paused (reason user | balance) -> completed | stopped.
 * start and resume need the balance gate's yes: the caller asks the ledger and passes
@@ -93,7 +93,3 @@ def describe(status: Status) -> str:
     if status.pause_reason is not None:
         return f"paused ({status.pause_reason.value})"
     return status.state.value
-
-
-def dialable(status: Status) -> bool:
-    return status.state is _S.RUNNING

@@ -36,7 +36,6 @@ MAX_VALUE_CHARS = 500  # an attribute's value
 MAX_PHONE_CHARS = 64
 MAX_TRANSFER_AFTER = 86_400.0  # s after the answer
 COLUMN_NAME = re.compile(r"^[a-z0-9_][a-z0-9_ .-]{0,63}$")
-KNOWN_COLUMNS = ("phone", "timezone", "transfer_after")
 
 
 @dataclass(frozen=True)

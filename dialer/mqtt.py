@@ -207,7 +207,6 @@ class MqttBridge:
         self.options = {"username": username, "password": password, "tls": tls,
                         "ca_file": ca_file, "max_packet": max_packet}  # fmt: skip
         self.connected = asyncio.Event()
-        self.published = 0
         self.commands = 0
         self.refused = 0
         self.retained = 0  # retained commands refused (never executed)
@@ -293,7 +292,6 @@ class MqttBridge:
             )
             for item in batch:
                 buffer.pop(item)
-            self.published += len(batch)
 
     async def _publish(self, client: aiomqtt.Client) -> None:
         buffer = self.events.buffer

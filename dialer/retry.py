@@ -28,16 +28,6 @@ class Disposition(StrEnum):
 
 #: A human conversation or an explicit refusal is final; the rest may be tried again.
 FINAL = frozenset({Disposition.ANSWERED, Disposition.REJECTED, Disposition.INBOUND_REJECTED})
-RETRYABLE = frozenset(
-    {
-        Disposition.BUSY,
-        Disposition.NO_ANSWER,
-        Disposition.FAILED,
-        Disposition.INTERRUPTED,
-        Disposition.ANSWERING_MACHINE,
-        Disposition.CANCELLED,
-    }
-)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Text helpers for the edges: cut user input before it is echoed, drop control characters.
 
 Every error message that quotes user input goes through `shorten`, so a 100k-character
-phone number is printed as its first few characters, never whole (issue 12, item 18).
+phone number is printed as its first few characters, never whole.
 """
 
 import re

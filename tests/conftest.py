@@ -9,6 +9,7 @@ template, so tests never see each other's rows.
 from __future__ import annotations
 
 import asyncio
+import functools
 import glob
 import os
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import typer
 from clitools import Run
 
 from billing.storage import Database
@@ -151,6 +153,16 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     OPTIONS.config = None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_click_command() -> Iterator[None]:
+    """Typer builds the click command from the app on every `main()`, 40 ms: once per
+    process for an operator, hundreds of times here (the app does not change in between)."""
+    build = typer.main.get_command
+    typer.main.get_command = functools.cache(build)
+    yield
+    typer.main.get_command = build
+
+
 @pytest.fixture
 def run(capsys: pytest.CaptureFixture[str]) -> Iterator[Run]:
     yield Run(capsys)
@@ -170,3 +182,41 @@ def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, ru
     monkeypatch.setenv("DIALER_DATABASE__URL", url)
     run("db", "upgrade")
     return url
+
+
+# -- markers by what a test needs (pyproject.toml) ----------------------------------------
+
+SERVERS = {"sip", "postgres", "mqtt"}
+# fixtures that run a program (sox, festival): a test using one is not pure
+PROGRAMS = {"tone_wav", "samples"}
+# tests with no server that are still not pure, by node id (a prefix of it)
+NOT_PURE = {
+    "test_ledger_concurrency.py::": "eight processes",
+    "test_cli.py::test_console_script_prints_one_error_line": "the console script",
+    "test_input_secrets.py::test_the_password_prompt_does_not_echo": "a process on a pty",
+    "test_worker_faults.py::": "seconds of worker rounds each",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`postgres` for the tests that reach the server (its fixtures, or the "postgresql"
+    side of a parametrised backend); `sip` and `mqtt` come from the modules' pytestmark;
+    `pure` for the rest unless it runs a program."""
+    modules = {item.nodeid.removeprefix("tests/").split("::")[0]: item.module for item in items
+               if isinstance(item, pytest.Function)}  # fmt: skip
+    for prefix in NOT_PURE:  # a renamed test would turn pure unnoticed
+        module, _, name = prefix.partition("::")
+        if module in modules and name and not hasattr(modules[module], name):
+            raise pytest.UsageError(f"NOT_PURE names no test: {prefix}")
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec is not None else ()
+        if "pg_server" in fixtures or "postgresql" in params:
+            item.add_marker(pytest.mark.postgres)
+        needs = {mark.name for mark in item.iter_markers()}
+        node = item.nodeid.removeprefix("tests/")
+        named = any(node.startswith(prefix) for prefix in NOT_PURE)
+        if not needs & (SERVERS | {"pure"}) and not fixtures & PROGRAMS and not named:
+            item.add_marker(pytest.mark.pure)

@@ -5,18 +5,28 @@ config (passwords, ACL), that a test may stop and start again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from billing.ledger import Ledger
+from billing.storage import Database
+from billing.tariff import Counter
+from dialer.campaigns import CampaignSpec, add_trunk, create_campaign, import_contacts
+from dialer.events import Events
+from dialer.mqtt import MqttBridge
 
 SYSTEM_URL = "mqtt://127.0.0.1:1883"
 
@@ -155,3 +165,35 @@ async def request(
                 await c.unsubscribe(wait_on)
                 return reply
     raise AssertionError("unreachable")
+
+
+# -- accounts and a bridge served in the test's own loop ----------------------------------
+
+
+async def make_account(database: Database, ledger: Ledger, tmp_path: Path, account: str,
+                       minutes: int) -> None:  # fmt: skip
+    await ledger.create_account(account)
+    if minutes:
+        for counter in Counter:
+            await ledger.buy_package(account, counter, minutes)
+    await add_trunk(database, name=f"{account}-t", account=account, kind="platform",
+                    uri="sip:127.0.0.1:5999")  # fmt: skip
+    await create_campaign(database, CampaignSpec(name=f"{account}-c", account=account,
+                                                 trunk=f"{account}-t"))  # fmt: skip
+    csv = tmp_path / f"{account}.csv"
+    csv.write_text("phone\n+14155550101\n")
+    await import_contacts(database, f"{account}-c", csv)
+
+
+@contextlib.asynccontextmanager
+async def bridge(database: Database, url: str, **options: Any) -> AsyncIterator[MqttBridge]:
+    ledger = Ledger(database)
+    mqtt = MqttBridge(url, ledger, Events(), f"t-{uuid.uuid4().hex[:6]}", **options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(mqtt.run(stop))
+    try:
+        await asyncio.wait_for(mqtt.connected.wait(), 10)
+        yield mqtt
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)

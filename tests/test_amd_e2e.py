@@ -12,8 +12,9 @@ import random
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
-from test_worker_e2e import (
+from workerutil import (
     make_campaign,
     rounded,
     running_worker,
@@ -31,6 +32,8 @@ from dialer.campaigns import change_state
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import amd_corpus
+
+pytestmark = pytest.mark.sip
 
 T, S = Counter.TELEPHONY, Counter.SPEECH
 VOICEMAIL, ANNOUNCEMENT, HUMAN = "+14155553001", "+14155553002", "+14155553003"

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.sip
+
 
 def test_the_demo_shows_every_rule(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("dialer")

@@ -1,6 +1,6 @@
-"""Hostile input at the CLI edge (issue 12): control characters on their way to SIP,
-numbers that stopped or unthrottled dialling, lengths that overflowed a column, echoed
-input, trunk passwords. Each through the real CLI on a real SQLite file and PostgreSQL."""
+"""Hostile input at the CLI edge: control characters on their way to SIP, numbers that
+would stop or unthrottle dialling, lengths that would overflow a column, echoed input,
+trunk passwords. Each through the real CLI on a real SQLite file and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def no_unexpected(message: str) -> str:
     return message
 
 
-# -- item 9: control characters and URIs on their way to SIP ---------------------------------
+# -- control characters and URIs on their way to SIP --------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_names_are_whole_lines_only(acme: Run) -> None:
     assert "invalid campaign name" in acme.fails("campaign", "create", "c\n", *CAMPAIGN)
 
 
-# -- item 10: numbers finite and bounded, lengths checked ------------------------------------
+# -- numbers finite and bounded, lengths checked ------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -229,7 +229,7 @@ def test_billing_numbers_and_lengths(acme: Run) -> None:
     no_unexpected(acme.fails("billing", "usage", "acme", "--period", "9" * 1000))
 
 
-# -- item 18: errors echo a short cut of the input -------------------------------------------
+# -- errors echo a short cut of the input -------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -255,7 +255,7 @@ def test_errors_echo_a_short_cut_of_the_input(acme: Run, args: list[str]) -> Non
     assert "x" * 100 not in refused and "5" * 100 not in refused
 
 
-# -- item 15: trunk passwords ----------------------------------------------------------------
+# -- trunk passwords ----------------------------------------------------------------------
 
 
 def test_password_on_the_command_line_is_refused(acme: Run) -> None:

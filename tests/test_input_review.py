@@ -1,5 +1,5 @@
-"""Holes the issue 12 review found after the fixes landed, each through the real component:
-the CLI on SQLite and PostgreSQL, a real pjsua2 line with raw SIP sockets."""
+"""Holes a hostile-input review found, each through the real component: the CLI on SQLite
+and PostgreSQL, a real pjsua2 line with raw SIP sockets."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from clitools import Run
 from rawsip import status_of
 from siputil import pool_of, trunk
 
-pytestmark = pytest.mark.usefixtures("isolated")
+pytestmark = [pytest.mark.sip, pytest.mark.usefixtures("isolated")]
 
 
 def test_a_do_not_call_import_echoes_a_short_cut_of_a_bad_number(

@@ -1,4 +1,4 @@
-"""Trunk passwords at rest and on the way in (issue 12, item 15): the SQLite file and its
+"""Trunk passwords at rest and on the way in: the SQLite file and its
 side files private, the password asked for on a terminal without echo, never printed."""
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ def test_control_characters_in_trunk_fields_are_refused(fields: dict[str, str]) 
         TrunkConfig(name="t", uri="sip:carrier.example", **fields)
 
 
+@pytest.mark.sip
 async def test_a_line_refuses_a_trunk_with_a_crlf_username() -> None:
     """Second gate: a configure that bypassed the CLI (raw JSON on the pipe) never reaches
     pjsua2, whose Authorization header would carry the injected line."""

@@ -25,6 +25,8 @@ from siputil import rtp_base
 from sip.logs import PjsipLog, configure
 from sip.protocol import Configure, LineConfig, TrunkConfig, encode
 
+pytestmark = pytest.mark.sip
+
 PASSWORD = "Tr0mb0ne-s3cret"
 CONSOLE = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z \[(debug|info|warning|error|critical)\s*\] ")
 # a CSeq that does not parse: pjsip drops the packet with a level 2 warning

@@ -10,56 +10,35 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
 import aiomqtt
 import pytest
-from mqttutil import SYSTEM_URL, PrivateBroker, client, ensure_system_broker, request
-from test_worker_e2e import wait_until
+from mqttutil import (
+    SYSTEM_URL,
+    PrivateBroker,
+    bridge,
+    client,
+    ensure_system_broker,
+    make_account,
+    request,
+)
+from workerutil import wait_until
 
 from billing.ledger import Ledger
 from billing.storage import Database
 from billing.tariff import Counter
-from dialer.campaigns import CampaignSpec, add_trunk, create_campaign, import_contacts
 from dialer.errors import DialerError
 from dialer.events import EventBuffer, Events
 from dialer.mqtt import MAX_PAYLOAD, OPERATOR, MqttBridge, client_for, reply_topic_allowed
+
+pytestmark = pytest.mark.mqtt
 
 
 @pytest.fixture(scope="session", autouse=True)
 def system_broker() -> None:
     ensure_system_broker()
-
-
-async def make_account(database: Database, ledger: Ledger, tmp_path: Path, account: str,
-                       minutes: int) -> None:  # fmt: skip
-    await ledger.create_account(account)
-    if minutes:
-        for counter in Counter:
-            await ledger.buy_package(account, counter, minutes)
-    await add_trunk(database, name=f"{account}-t", account=account, kind="platform",
-                    uri="sip:127.0.0.1:5999")  # fmt: skip
-    await create_campaign(database, CampaignSpec(name=f"{account}-c", account=account,
-                                                 trunk=f"{account}-t"))  # fmt: skip
-    csv = tmp_path / f"{account}.csv"
-    csv.write_text("phone\n+14155550101\n")
-    await import_contacts(database, f"{account}-c", csv)
-
-
-@contextlib.asynccontextmanager
-async def bridge(database: Database, url: str, **options: Any) -> AsyncIterator[MqttBridge]:
-    ledger = Ledger(database)
-    mqtt = MqttBridge(url, ledger, Events(), f"t-{uuid.uuid4().hex[:6]}", **options)
-    stop = asyncio.Event()
-    task = asyncio.create_task(mqtt.run(stop))
-    try:
-        await asyncio.wait_for(mqtt.connected.wait(), 10)
-        yield mqtt
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
 
 
 @pytest.mark.parametrize("v5", [True, False], ids=["mqtt5", "mqtt311"])

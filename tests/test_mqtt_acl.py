@@ -1,4 +1,4 @@
-"""Issue 12: money is the operator's act. A private Mosquitto runs with exactly the ACL
+"""Money is the operator's act. A private Mosquitto runs with exactly the ACL
 that docs/mqtt.md recommends; real clients play each role, the customer as an attacker
 (MQTT 5 and 3.1.1): its own top-up is refused by the worker, its publish on the
 operator's topic is dropped by the broker, the operator's top-up works, the viewer reads
@@ -14,9 +14,8 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from mqttutil import PrivateBroker, client, request
-from test_mqtt import bridge, make_account
-from test_worker_e2e import wait_until
+from mqttutil import PrivateBroker, bridge, client, make_account, request
+from workerutil import wait_until
 
 from billing.errors import BillingError
 from billing.ledger import Ledger
@@ -24,6 +23,8 @@ from billing.storage import Database
 from billing.tariff import Counter
 from dialer.campaigns import campaign_status
 from dialer.mqtt import OPERATOR, MqttBridge
+
+pytestmark = pytest.mark.mqtt
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "mqtt.md"
 USERS = {"_worker": "w-pw", "_operator": "op-pw", "_viewer": "v-pw", "acme": "a-pw",

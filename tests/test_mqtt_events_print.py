@@ -1,5 +1,5 @@
-"""Issue 12: `dialer events` printed payload text raw, so a customer's escape sequences
-reached the operator's terminal. Every topic, key and value loses its control characters
+"""`dialer events` prints text a customer wrote: printed raw, its escape sequences would
+reach the operator's terminal. So every topic, key and value loses its control characters
 (C0, DEL, C1) in the human and the --json output, Rich markup in a payload is printed as
 text, and a payload the CLI cannot decode does not stop it."""
 
@@ -13,7 +13,10 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 from mqttutil import SYSTEM_URL, client, ensure_system_broker
+
+pytestmark = pytest.mark.mqtt
 
 HOSTILE = "\x1b[2J\x1b]0;owned\x07\x9b31m\x85\t\r\n\x7f\x00[red]ALERT[/red] :smile:"
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")

@@ -1,5 +1,5 @@
-"""Issue 12: no maximum packet size let one 50 MB command take the worker from 104 MB to
-253 MB RSS. The worker announces an MQTT 5 Maximum Packet Size in CONNECT (the broker
+"""Without a maximum packet size one 50 MB command takes the worker from 104 MB to
+253 MB RSS. So the worker announces an MQTT 5 Maximum Packet Size in CONNECT (the broker
 then drops bigger messages for it) and a client on an MQTT 3.1.1 session (which cannot
 announce one) drops the connection before reading a bigger packet's body."""
 
@@ -16,13 +16,14 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from mqttutil import PrivateBroker, client, request
+from mqttutil import PrivateBroker, client, make_account, request
 from siputil import rtp_base
-from test_mqtt import make_account
 
 from billing.ledger import Ledger
 from billing.storage import Database
 from dialer.mqtt import DEFAULT_MAX_PACKET, OPERATOR, client_for
+
+pytestmark = [pytest.mark.sip, pytest.mark.mqtt]
 
 OP_TOPIC = f"dialer/v1/{OPERATOR}/billing/cmd"
 BIG = 50 * 1024 * 1024

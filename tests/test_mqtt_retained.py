@@ -1,7 +1,7 @@
-"""Issue 12: a retained message on a cmd topic would be executed again at every
-(re)connect (a retained top-up of 1 minute was applied twice across a restart). The
-worker never executes one: not when its subscription starts, not when it is published
-live, from an MQTT 5 or a 3.1.1 publisher; a live one is refused and cleared."""
+"""A retained message on a cmd topic would be executed again at every (re)connect (a
+retained top-up of 1 minute applied twice across a restart). So the worker never
+executes one: not when its subscription starts, not when it is published live, from an
+MQTT 5 or a 3.1.1 publisher; a live one is refused and cleared."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from mqttutil import PrivateBroker, client, request
-from test_mqtt import bridge, make_account
+from mqttutil import PrivateBroker, bridge, client, make_account, request
 
 from billing.ledger import Ledger
 from billing.storage import Database
 from dialer.campaigns import campaign_status
 from dialer.mqtt import OPERATOR, MqttBridge
+
+pytestmark = pytest.mark.mqtt
 
 OP_TOPIC = f"dialer/v1/{OPERATOR}/billing/cmd"
 TOPUP = {"action": "topup", "account": "acme", "counter": "speech", "minutes": 1}

@@ -1,4 +1,4 @@
-"""Issue 12: every field of an MQTT command is checked before anything is written (types,
+"""Every field of an MQTT command is checked before anything is written (types,
 whole and finite numbers, bounded lengths, no unknown fields), and the error quotes at
 most a short cut of what was sent. Real Mosquitto, the worker's bridge, a real ledger."""
 
@@ -9,12 +9,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from mqttutil import SYSTEM_URL, client, ensure_system_broker, request
-from test_mqtt import bridge, make_account
+import pytest
+from mqttutil import SYSTEM_URL, bridge, client, ensure_system_broker, make_account, request
 
 from billing.ledger import Ledger
 from billing.storage import Database
 from dialer.mqtt import OPERATOR
+
+pytestmark = pytest.mark.mqtt
 
 LONG = "A" * 5000
 

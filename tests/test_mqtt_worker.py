@@ -11,16 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 from mqttutil import PrivateBroker, client
 from siputil import rtp_base
 from sqlalchemy import select
-from test_worker_e2e import (
-    make_campaign,
-    setup_account,
-    simulator,
-    wait_for_state,
-    wait_until,
-)
+from workerutil import make_campaign, setup_account, simulator, wait_for_state, wait_until
 
 from billing.ledger import ENTRY, Ledger
 from billing.storage import Database
@@ -28,6 +23,8 @@ from dialer import runtime, store
 from dialer.campaign_state import Action
 from dialer.campaigns import change_state
 from dialer.config import MqttConfig
+
+pytestmark = [pytest.mark.sip, pytest.mark.mqtt]
 
 
 class Subscriber:

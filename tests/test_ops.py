@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from siputil import rtp_base
-from test_worker_e2e import make_campaign, setup_account, simulator, wait_for_state
+from workerutil import make_campaign, setup_account, simulator, wait_for_state
 
 from billing.ledger import Ledger
 from billing.storage import Database
@@ -18,6 +18,8 @@ from dialer import ops, runtime
 from dialer.campaign_state import Action
 from dialer.campaigns import change_state
 from dialer.config import OpsConfig
+
+pytestmark = pytest.mark.sip
 
 
 async def get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:

@@ -20,7 +20,7 @@ from billing.storage import Database
 from dialer import runtime, store
 from dialer.campaigns import campaign_status
 
-pytestmark = pytest.mark.usefixtures("isolated")
+pytestmark = [pytest.mark.sip, pytest.mark.usefixtures("isolated")]
 
 ALLOWED = "+14155550101"
 LATER_REFUSED = "+33612345678"  # allowed at import; the account then keeps to US numbers

@@ -1,4 +1,4 @@
-"""A script's `say.wav` (issue 12, item 20): only files inside the prompts folder, only
+"""A script's `say.wav`: only files inside the prompts folder, only
 WAVs the line plays as they are; the worker's copy is made from the stored bytes."""
 
 from __future__ import annotations

@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from clitools import Run
 from sqlalchemy import Connection, delete, update
-from test_worker_e2e import running_worker, simulator, wait_for_state
+from workerutil import running_worker, simulator, wait_for_state
 
 from billing.ledger import Ledger
 from billing.storage import Database
 from dialer import store
 from dialer.campaigns import campaign_status
 
-pytestmark = pytest.mark.usefixtures("isolated")
+pytestmark = [pytest.mark.sip, pytest.mark.usefixtures("isolated")]
 PHONE = "+14155557001"
 
 

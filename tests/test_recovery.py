@@ -12,8 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from siputil import rtp_base
-from test_worker_e2e import cli_campaign, simulator
+from workerutil import cli_campaign, simulator
+
+pytestmark = pytest.mark.sip
 
 
 def test_a_killed_worker_is_recovered_by_its_restart(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import pytest
 from siputil import Sipp, rtp_base, sipps
-from test_faults import MINUTES, Outcome, callee_calls, check_books, phones, unfinished
+from workerutil import MINUTES, Outcome, callee_calls, check_books, phones, unfinished
 
 from billing.ledger import Ledger
 from billing.storage import Database
@@ -17,6 +18,8 @@ from billing.tariff import Counter
 from dialer import runtime, store
 from dialer.campaign_state import Action
 from dialer.campaigns import CampaignSpec, add_trunk, change_state, create_campaign, import_contacts
+
+pytestmark = pytest.mark.sip
 
 
 async def test_two_workers_share_the_trunks_channels(pg_url: str, tmp_path: Path) -> None:

@@ -23,6 +23,9 @@ from sip.events import (
     Ringing,
 )
 
+pytestmark = pytest.mark.sip
+
+
 PLAN = """
 [numbers."+15550001"]   # a human: rings, says something, hangs up
 ring = 0.3

@@ -27,6 +27,8 @@ from sip.events import (
 from sip.pool import DialOutcomeUnknown, DialRefused, PoolClosed, PoolFull, UnknownCall
 from sip.protocol import Hangup as HangupCommand
 
+pytestmark = pytest.mark.sip
+
 
 async def test_answered_call_timestamps_agree_with_the_wire(tmp_path: Path) -> None:
     """`answered` is taken when the 200 OK arrives: within 20 ms of sipp sending it."""

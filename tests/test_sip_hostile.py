@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from rawsip import RawSip, raw_sip, status_of
 from siputil import FINAL, Sipp, events_until, kinds, pool_of, sipps, trunk, typed
 from sqlalchemy import select
-from test_faults import callee_calls, calls_answered, check_books, dial_campaign, phones
+from workerutil import callee_calls, calls_answered, check_books, dial_campaign, phones
 
 from billing.storage import Database
 from dialer import store
@@ -36,6 +36,8 @@ from sip.events import (
     Ringing,
 )
 from sip.protocol import LineConfig
+
+pytestmark = pytest.mark.sip
 
 STRANGER = "127.0.0.2"  # another address on loopback: not a trunk's
 

@@ -169,6 +169,7 @@ def test_trunk_uris() -> None:
         LineConfig(sip_port=0, rtp_port=30000, trunks=[main] * 8)
 
 
+@pytest.mark.sip
 async def test_a_line_survives_garbage_and_exits_on_eof() -> None:
     line = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sip.line",
@@ -198,6 +199,7 @@ async def test_a_line_survives_garbage_and_exits_on_eof() -> None:
     assert await asyncio.wait_for(line.wait(), 15) == 0
 
 
+@pytest.mark.sip
 async def test_a_line_without_configure_exits_with_an_error() -> None:
     line = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sip.line",

@@ -30,6 +30,8 @@ from siputil import (
 
 from sip.events import Answered, Error, Hangup
 
+pytestmark = pytest.mark.sip
+
 
 async def _until(condition: Callable[[], bool], within: float = 30) -> None:
     deadline = time.monotonic() + within

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from siputil import FINAL, Sipp, events_until, kinds, pool_of, sipps, trunk, typed
 
 from sip.events import AgentAnswered, AgentEnded, AgentFailed, AgentRinging, Answered, Error, Hangup
 
 AGENT_DONE = (AgentFailed, AgentEnded, Hangup)
+
+pytestmark = pytest.mark.sip
 
 
 async def test_bridge_transfer_busy_then_answered_then_agent_leaves(tmp_path: Path) -> None:

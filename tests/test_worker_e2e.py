@@ -4,17 +4,24 @@ SQLite/PostgreSQL ledger. Billing is checked against what the callee measured.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from siputil import SimProcess, rtp_base
+from siputil import rtp_base
 from sqlalchemy import select
+from workerutil import (
+    callee_durations,
+    cli_campaign,
+    make_campaign,
+    rounded,
+    running_worker,
+    setup_account,
+    simulator,
+    wait_for_state,
+    wait_until,
+)
 
 from billing.ledger import ENTRY, Ledger
 from billing.storage import Database
@@ -22,24 +29,15 @@ from billing.tariff import Counter
 from dialer import runtime, store
 from dialer.campaign_state import Action, CampaignStateError
 from dialer.campaigns import (
-    CampaignSpec,
     add_trunk,
     campaign_status,
     change_state,
-    create_campaign,
-    import_contacts,
 )
+
+pytestmark = pytest.mark.sip
 
 T, S = Counter.TELEPHONY, Counter.SPEECH
 ROOT = Path(__file__).resolve().parent.parent
-
-
-async def wait_until(condition: Any, within: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -48,61 +46,6 @@ def voice(tmp_path: Path) -> Path:
     subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(path), "synth", "30",
                     "sine", "300", "vol", "0.3"], check=True)  # fmt: skip
     return path
-
-
-@contextlib.contextmanager
-def simulator(tmp_path: Path, plan: str) -> Iterator[SimProcess]:
-    path = tmp_path / "plan.toml"
-    path.write_text(plan)
-    sim = SimProcess(path)
-    try:
-        yield sim
-    finally:
-        sim.stop()
-
-
-def running_worker(database: Database, ledger: Ledger, lines: int = 1) -> Any:
-    return runtime.running_worker(database, ledger, lines=lines, rtp_port=rtp_base(),
-                                  assets=None, drain_seconds=5)  # fmt: skip
-
-
-async def wait_for_state(database: Database, campaign: str, states: set[str],
-                         within: float = 90) -> dict[str, Any]:  # fmt: skip
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        status = await campaign_status(database, campaign)
-        if status["state"] in states:
-            return status
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"{campaign}: still {status}")
-        await asyncio.sleep(0.25)
-
-
-async def setup_account(database: Database, ledger: Ledger, sim: SimProcess, kind: str,
-                        minutes: int, trunk: str = "main") -> None:  # fmt: skip
-    if trunk == "main":
-        await ledger.create_account("acme")
-        for counter in Counter:
-            await ledger.buy_package("acme", counter, minutes)
-    await add_trunk(database, name=trunk, account="acme", kind=kind,
-                    uri=f"sip:127.0.0.1:{sim.port}")  # fmt: skip
-
-
-async def make_campaign(database: Database, tmp_path: Path, name: str, trunk: str,
-                        rows: list[str], **spec: Any) -> None:  # fmt: skip
-    await create_campaign(database, CampaignSpec(name=name, account="acme", trunk=trunk, **spec))
-    csv = tmp_path / f"{name}.csv"
-    csv.write_text("phone,transfer_after\n" + "\n".join(rows) + "\n")
-    await import_contacts(database, name, csv)
-
-
-def callee_durations(sim: SimProcess) -> dict[str, float]:
-    return {e["number"]: e["talked"] for e in sim.events
-            if e["event"] == "ended" and e.get("role") == "callee"}  # fmt: skip
-
-
-def rounded(seconds: float) -> int:
-    return math.ceil(seconds / 15) * 15
 
 
 async def test_every_call_is_billed_by_the_callees_own_clock(
@@ -312,23 +255,6 @@ async def test_no_invite_leaves_after_the_exhausting_debit(db_url: str, tmp_path
     assert decided and max(decided) <= exhausted
     assert len(uas.received("INVITE")) == len(calls) < 16  # the batch was cut short
     assert status["contacts"]["in_progress"] == 0  # the rest of the batch was given back
-
-
-def cli_campaign(cli: Any, sim: SimProcess, folder: Path, phones: list[str],
-                 *extra: str) -> None:  # fmt: skip
-    """Account, 5 min per counter, a trunk to the simulator and a started campaign, all
-    through the `dialer` command, as an operator sets it up."""
-    cli("db", "upgrade")
-    cli("account", "create", "acme")
-    cli("billing", "topup", "acme", "--counter", "telephony", "--minutes", "5")
-    cli("billing", "topup", "acme", "--counter", "speech", "--minutes", "5")
-    cli("trunk", "add", "main", "--account", "acme", "--kind", "platform",
-        "--uri", f"sip:127.0.0.1:{sim.port}")  # fmt: skip
-    cli("campaign", "create", "spring", "--account", "acme", "--trunk", "main",
-        "--max-concurrent", "2", *extra)  # fmt: skip
-    (folder / "c.csv").write_text("phone\n" + "\n".join(phones) + "\n")
-    cli("campaign", "import", "spring", str(folder / "c.csv"))
-    cli("campaign", "start", "spring")
 
 
 def test_the_worker_command_stops_gracefully_on_sigterm(tmp_path: Path, voice: Path) -> None:

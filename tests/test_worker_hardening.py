@@ -1,4 +1,4 @@
-"""The worker under issue 12's conditions, with real line processes, `dialer sim` callees
+"""The worker under hostile conditions, with real line processes, `dialer sim` callees
 and SQLite/PostgreSQL: trunks added while it runs, a campaign it cannot dial, a wall
 clock stepped mid-call, bad contact attributes in the database, a failing session."""
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, insert, select, update
-from test_worker_e2e import (
+from workerutil import (
     callee_durations,
     make_campaign,
     rounded,
@@ -37,6 +37,8 @@ from dialer.campaigns import (
     create_campaign,
 )
 from dialer.script_run import ScriptRun
+
+pytestmark = pytest.mark.sip
 
 T, S = Counter.TELEPHONY, Counter.SPEECH
 

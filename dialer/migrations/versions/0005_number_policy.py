@@ -1,4 +1,4 @@
-"""Issue 12: number policies (accounts, trunks), why a campaign is blocked and why a
+"""Number policies (accounts, trunks), why a campaign is blocked and why a
 contact was finished without a call, script prompts kept with the campaign, top-up
 references scoped per account.
 
