@@ -29,7 +29,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from billing.errors import BillingError
+from billing.errors import DatabaseUnavailable as DatabaseUnavailable
 
 T = TypeVar("T")
 
@@ -54,10 +54,6 @@ _DRIVERS = {
     "postgresql+asyncpg": "postgresql+asyncpg",
     "postgresql+psycopg2": "postgresql+asyncpg",
 }
-
-
-class DatabaseUnavailable(BillingError):
-    """The database cannot be opened or used; the message says what to do."""
 
 
 def normalise_url(url: str) -> URL:

@@ -113,7 +113,8 @@ async def add_trunk(
     channels: int = 30,
     cps: float = 10.0,
     outbound_proxy: str | None = None,
-) -> None:
+) -> dict[str, Any]:
+    """Check and store a trunk; returns it as `trunk_document` shows it."""
     check_name("trunk", name)
     check_name("account", account)
     parse_trunk_kind(check_text("trunk kind", kind, 16))
@@ -131,7 +132,7 @@ async def add_trunk(
     if register and not username:
         raise DialerError("--register needs --username and a password")
 
-    def add(conn: Connection) -> None:
+    def add(conn: Connection) -> dict[str, Any]:
         account_id(conn, account)
         store.insert_row(
             conn,
@@ -144,8 +145,24 @@ async def add_trunk(
             },
             f"trunk {name!r}",
         )  # fmt: skip
+        return trunk_document(store.trunk_by_name(conn, name))
 
-    await db.run(add)
+    added: dict[str, Any] = await db.run(add)
+    return added
+
+
+def trunk_document(row: Any) -> dict[str, Any]:
+    """A trunk as `trunk list --json` shows it: never its username or password."""
+    return {"name": row.name, "account": row.account, "kind": row.kind, "uri": row.uri,
+            "register": row.registers, "channels": row.channels, "cps": row.cps}  # fmt: skip
+
+
+async def list_trunks(db: Database) -> list[dict[str, Any]]:
+    def read(conn: Connection) -> list[dict[str, Any]]:
+        return [trunk_document(row) for row in store.trunks(conn)]
+
+    found: list[dict[str, Any]] = await db.run(read, write=False)
+    return found
 
 
 @dataclass(frozen=True)
@@ -330,3 +347,34 @@ async def campaign_status(db: Database, campaign: str) -> dict[str, Any]:
         }
 
     return await db.run(read, write=False)
+
+
+async def list_campaigns(db: Database) -> list[dict[str, Any]]:
+    def read(conn: Connection) -> list[dict[str, Any]]:
+        return [{"campaign": r.name, "account": r.account, "state": r.state,
+                 "pause_reason": r.pause_reason} for r in store.campaigns(conn)]  # fmt: skip
+
+    found: list[dict[str, Any]] = await db.run(read, write=False)
+    return found
+
+
+#: the call record as `cdr export` writes it (INTERFACE.md): CSV header, same keys in JSON
+CDR_COLUMNS = (
+    "call_id", "campaign", "account", "phone", "attempt", "direction", "invite_at",
+    "ringing_at", "answered_at", "ended_at", "sip_status", "disposition", "hangup_by",
+    "amd_reason", "agent_seconds", "billed_telephony_seconds", "billed_speech_seconds",
+)  # fmt: skip
+
+
+async def call_records(db: Database, campaign: str) -> list[dict[str, Any]]:
+    """A campaign's calls in INVITE order: the CDR columns and the call's ``segments``."""
+
+    def read(conn: Connection) -> list[dict[str, Any]]:
+        row = store.campaign_by_name(conn, campaign)
+        return [
+            {col: getattr(r, col) for col in CDR_COLUMNS} | {"segments": r.segments}
+            for r in store.calls_of(conn, row.id)
+        ]
+
+    found: list[dict[str, Any]] = await db.run(read, write=False)
+    return found

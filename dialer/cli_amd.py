@@ -9,11 +9,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from dialer.classify import classify
-from dialer.cli import app, emit_json
+from dialer.cli_common import emit_json, group
 from dialer.script import load_script
 
-amd_app = typer.Typer(help="Answering-machine detection.", no_args_is_help=True)
-app.add_typer(amd_app, name="amd")
+amd_app = group("Answering-machine detection.")
 
 
 @amd_app.command("classify")

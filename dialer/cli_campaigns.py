@@ -17,45 +17,46 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
-from sqlalchemy import Connection, select
 
-from dialer import service, store
+from dialer import service
 from dialer.campaign_state import Action
 from dialer.campaigns import (
+    CDR_COLUMNS,
     CampaignSpec,
     ImportReport,
     add_trunk,
+    call_records,
     campaign_status,
     check_name,
     create_campaign,
     import_contacts,
     import_dnc,
+    list_campaigns,
+    list_trunks,
 )
-from dialer.cli import JsonOpt, app, emit_json, run, settings, stdout
+from dialer.cli_common import (
+    JsonOpt,
+    emit_json,
+    group,
+    iso,
+    open_ledger,
+    run,
+    settings,
+    stderr,
+    stdout,
+)
+from dialer.cli_policy import trunk_policy
 from dialer.errors import DialerError
 from dialer.text import shorten
 
-trunk_app = typer.Typer(help="SIP trunks.", no_args_is_help=True)
-campaign_app = typer.Typer(help="Campaigns.", no_args_is_help=True)
-cdr_app = typer.Typer(help="Call records.", no_args_is_help=True)
-dnc_app = typer.Typer(help="Do-not-call lists.", no_args_is_help=True)
-app.add_typer(trunk_app, name="trunk")
-app.add_typer(campaign_app, name="campaign")
-app.add_typer(cdr_app, name="cdr")
-app.add_typer(dnc_app, name="dnc")
-stderr = Console(stderr=True)
-
-CDR_COLUMNS = (
-    "call_id", "campaign", "account", "phone", "attempt", "direction", "invite_at",
-    "ringing_at", "answered_at", "ended_at", "sip_status", "disposition", "hangup_by",
-    "amd_reason", "agent_seconds", "billed_telephony_seconds", "billed_speech_seconds",
-)  # fmt: skip
-
+trunk_app = group("SIP trunks.")
+campaign_app = group("Campaigns.")
+cdr_app = group("Call records.")
+dnc_app = group("Do-not-call lists.")
 
 MAX_DRAIN = 3600.0
 PASSWORD_ENV = "DIALER_TRUNK_PASSWORD"
@@ -126,33 +127,25 @@ def trunk_add(
     channels: Annotated[int, typer.Option("--channels")] = 30,
     cps: Annotated[float, typer.Option("--cps")] = 10.0,
     proxy: Annotated[str | None, typer.Option("--outbound-proxy")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Add a SIP trunk (the platform's own, or a customer's own)."""
     password = trunk_password(password_file, username)
-    run(lambda ledger: add_trunk(
+    added = run(lambda ledger: add_trunk(
         ledger.database, name=name, account=account, kind=kind, uri=uri, username=username,
         password=password, register=register, channels=channels, cps=cps, outbound_proxy=proxy,
     ))  # fmt: skip
+    if as_json:
+        # `account create --json`'s shape: the new object's name under its kind
+        emit_json({"trunk": added.pop("name"), **added})
+        return
     stdout.print(f"trunk {name} added ({kind}, {escape(uri)})", highlight=False)
 
 
 @trunk_app.command("list")
 def trunk_list(as_json: JsonOpt = False) -> None:
     """List trunks (passwords are never shown)."""
-
-    async def rows(ledger: Any) -> list[dict[str, Any]]:
-        def read(conn: Connection) -> list[dict[str, Any]]:
-            result = conn.execute(select(store.TRUNK).order_by(store.TRUNK.c.name))
-            return [
-                {"name": r.name, "account": r.account, "kind": r.kind, "uri": r.uri,
-                 "register": r.registers, "channels": r.channels, "cps": r.cps}
-                for r in result
-            ]  # fmt: skip
-
-        found: list[dict[str, Any]] = await ledger.database.run(read, write=False)
-        return found
-
-    trunks = run(rows)
+    trunks = run(lambda ledger: list_trunks(ledger.database))
     if as_json:
         emit_json({"trunks": trunks})
         return
@@ -162,6 +155,9 @@ def trunk_list(as_json: JsonOpt = False) -> None:
             t["name"], t["account"], t["kind"], escape(t["uri"]), str(t["channels"]), str(t["cps"])
         )
     stdout.print(table)
+
+
+trunk_app.command("policy")(trunk_policy)
 
 
 @campaign_app.command("create")
@@ -264,8 +260,6 @@ def _watch(campaign: str) -> None:
     cfg = settings()
 
     async def loop() -> None:
-        from dialer.cli import open_ledger
-
         async with open_ledger(cfg) as ledger:
             progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                 TextColumn("{task.completed}/{task.total}"))  # fmt: skip
@@ -290,17 +284,7 @@ def _watch(campaign: str) -> None:
 @campaign_app.command("list")
 def campaign_list(as_json: JsonOpt = False) -> None:
     """List campaigns."""
-
-    async def rows(ledger: Any) -> list[dict[str, Any]]:
-        def read(conn: Connection) -> list[dict[str, Any]]:
-            result = conn.execute(select(store.CAMPAIGN).order_by(store.CAMPAIGN.c.name))
-            return [{"campaign": r.name, "account": r.account, "state": r.state,
-                     "pause_reason": r.pause_reason} for r in result]  # fmt: skip
-
-        found: list[dict[str, Any]] = await ledger.database.run(read, write=False)
-        return found
-
-    campaigns = run(rows)
+    campaigns = run(lambda ledger: list_campaigns(ledger.database))
     if as_json:
         emit_json({"campaigns": campaigns})
         return
@@ -311,21 +295,9 @@ def campaign_list(as_json: JsonOpt = False) -> None:
     stdout.print(table)
 
 
-def _iso(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat(timespec="milliseconds") + "Z"
-    return "" if value is None else str(value)
-
-
-def cdr_rows(ledger: Any, campaign: str) -> Any:
-    def read(conn: Connection) -> list[dict[str, Any]]:
-        row = store.campaign_by_name(conn, campaign)
-        return [
-            {col: getattr(r, col) for col in CDR_COLUMNS} | {"segments": r.segments}
-            for r in store.calls_of(conn, row.id)
-        ]
-
-    return ledger.database.run(read, write=False)
+def _cell(value: Any) -> str:
+    """A CSV cell: times as `iso` writes them, nothing for None."""
+    return iso(value) if isinstance(value, datetime) or value is None else str(value)
 
 
 @cdr_app.command("export")
@@ -338,16 +310,16 @@ def cdr_export(
     check_name("campaign", campaign)
     if fmt not in ("csv", "json"):
         raise typer.BadParameter(f"--format must be csv or json, not '{shorten(fmt)}'")
-    rows = run(lambda ledger: cdr_rows(ledger, campaign))
+    rows = run(lambda ledger: call_records(ledger.database, campaign))
     if fmt == "json":
-        text = json.dumps([{k: _iso(v) if k.endswith("_at") else v for k, v in r.items()}
+        text = json.dumps([{k: iso(v) if k.endswith("_at") else v for k, v in r.items()}
                            for r in rows]) + "\n"  # fmt: skip
     else:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(CDR_COLUMNS)
         for r in rows:
-            writer.writerow([_iso(r[c]) for c in CDR_COLUMNS])
+            writer.writerow([_cell(r[c]) for c in CDR_COLUMNS])
         text = buffer.getvalue()
     if output is None:
         sys.stdout.write(text)
@@ -365,7 +337,6 @@ def dnc_import(account: str, file: Path, as_json: JsonOpt = False) -> None:
     _print_report(report, "numbers", as_json)
 
 
-@app.command("worker")
 def worker(
     lines: Annotated[int | None, typer.Option("--lines", min=1, max=256)] = None,
     sip_port: Annotated[int | None, typer.Option("--sip-port", min=0, max=65535)] = None,

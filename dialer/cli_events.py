@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from dialer.cli import app, emit_json, settings
+from dialer.cli_common import emit_json, settings
 from dialer.errors import DialerError
 from dialer.events import PREFIX
 from dialer.mqtt import client_for
@@ -28,7 +28,6 @@ from dialer.text import strip_controls
 QUIET_SECONDS = 1.0  # without --follow: what is retained arrives at once
 
 
-@app.command("events")
 def events(
     follow: Annotated[bool, typer.Option("--follow", help="keep printing until Ctrl-C")] = False,
     account: Annotated[str | None, typer.Option("--account", help="one account only")] = None,

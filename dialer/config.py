@@ -22,14 +22,11 @@ from pydantic_settings import (
 
 from billing.errors import BillingError
 from billing.tariff import DEFAULT_INCREMENT_SECONDS, Tariff
+from dialer.errors import ConfigError as ConfigError
 from sip.protocol import check_sources, check_user_agent
 from sip.uri import check_host
 
 DEFAULT_CONFIG_FILE = Path("dialer.toml")
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the file and key."""
 
 
 class Section(BaseModel):

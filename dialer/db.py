@@ -14,12 +14,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
 from billing.storage import Database, DatabaseUnavailable, normalise_url
+from dialer.errors import DialerError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-class SchemaNotReady(DatabaseUnavailable):
-    """The database is reachable but not at the schema this code needs."""
+class SchemaNotReady(DatabaseUnavailable, DialerError):
+    """The database is reachable but not at the schema this code needs: the storage
+    failure every `except DatabaseUnavailable` expects, and one of the dialer's errors."""
 
 
 def alembic_config() -> Config:

@@ -51,7 +51,7 @@ from billing.errors import BillingError
 from billing.ledger import ACCOUNT_NAME, MAX_REFERENCE, Ledger
 from billing.storage import first_line
 from dialer import service
-from dialer.errors import DialerError
+from dialer.errors import ConfigError, DialerError
 from dialer.events import PREFIX, Events, worker_topic
 from dialer.text import has_controls, shorten
 
@@ -67,10 +67,6 @@ MAX_QUEUED_COMMANDS = 1000  # incoming commands waiting: the broker holds the re
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
 STABLE_SECONDS = 30.0  # a connection that lasted this long resets the backoff
-
-
-class ConfigError(DialerError):
-    pass
 
 
 def broker_of(url: str) -> tuple[str, int, bool]:
@@ -155,7 +151,7 @@ def reply_topic_allowed(topic: str, account: str) -> bool:
     )
 
 
-class Reply(Exception):
+class Reply(DialerError):
     """A refusal to send back (the request is answered, never dropped)."""
 
 

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing.ledger import Ledger, parse_minutes
+from sqlalchemy import Connection
+
+from billing.ledger import Ledger, account_id, parse_minutes
+from billing.period import utcnow
+from billing.storage import Database
 from billing.tariff import Counter, parse_counter
+from dialer import db, store
 from dialer.campaign_state import Action
 from dialer.campaigns import campaign_status, change_state
 from dialer.errors import DialerError
+from dialer.number_policy import NumberPolicy
 
 CAMPAIGN_ACTIONS = ("start", "pause", "resume", "stop", "status")
 BILLING_ACTIONS = ("topup", "balance")
@@ -58,3 +64,50 @@ async def balance(ledger: Ledger, account: str) -> dict[str, Any]:
         "account": account,
         "counters": {c.value: {"balance_seconds": balances[c]} for c in Counter},
     }
+
+
+async def upgrade_database(url: str) -> tuple[str | None, str]:
+    """Create or migrate the database at ``url``; returns (revision before, after)."""
+    db.private_sqlite_file(url, create=True)
+    async with Database(url, create=True) as database:
+        return await db.upgrade(database)
+
+
+def _merged(current: NumberPolicy, countries: str | None, types: str | None) -> NumberPolicy:
+    """What is given replaces that half; the other half stays as it is."""
+    given = NumberPolicy.parse(countries, types)
+    return NumberPolicy(
+        given.countries if countries is not None else current.countries,
+        given.types if types is not None else current.types,
+    )
+
+
+async def account_policy(
+    ledger: Ledger, account: str, countries: str | None = None, types: str | None = None
+) -> NumberPolicy:
+    """The numbers ``account`` may dial; ``countries``/``types`` given: changed first."""
+
+    def change(conn: Connection) -> NumberPolicy:
+        account_id(conn, account)  # an unknown account is an error, not the defaults
+        policy = _merged(store.account_policy(conn, account), countries, types)
+        if countries is not None or types is not None:
+            store.set_account_policy(conn, account, policy, utcnow())
+        return policy
+
+    result: NumberPolicy = await ledger.database.run(change)
+    return result
+
+
+async def trunk_policy(
+    ledger: Ledger, trunk: str, countries: str | None = None, types: str | None = None
+) -> NumberPolicy:
+    """The numbers ``trunk`` may carry; ``countries``/``types`` given: changed first."""
+
+    def change(conn: Connection) -> NumberPolicy:
+        policy = _merged(store.trunk_policy(store.trunk_by_name(conn, trunk)), countries, types)
+        if countries is not None or types is not None:
+            store.set_trunk_policy(conn, trunk, policy)
+        return policy
+
+    result: NumberPolicy = await ledger.database.run(change)
+    return result

@@ -197,6 +197,16 @@ def running_campaigns(conn: Connection) -> Sequence[Any]:
     ).all()
 
 
+def trunks(conn: Connection) -> Sequence[Any]:
+    """Every trunk, by name (its password is in the row: never print it)."""
+    return conn.execute(select(TRUNK).order_by(TRUNK.c.name)).all()
+
+
+def campaigns(conn: Connection) -> Sequence[Any]:
+    """Every campaign, by name."""
+    return conn.execute(select(CAMPAIGN).order_by(CAMPAIGN.c.name)).all()
+
+
 def campaign_states(conn: Connection) -> Sequence[Any]:
     """Every campaign's name, account, state and pause reason (event diffs)."""
     return conn.execute(
