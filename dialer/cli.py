@@ -30,10 +30,10 @@ from dialer.cli_common import ConfigOpt, error_line, settings, stdout
 from dialer.cli_events import events
 from dialer.errors import DialerError
 from dialer.logs import configure_logging, redact_text
-from sip.errors import PlanError, SipSetupError
+from sip.errors import SipError
 
 #: the refusals the core raises, one root per package (sip's two until it has one root)
-REFUSALS = (DialerError, BillingError, PlanError, SipSetupError)
+REFUSALS = (DialerError, BillingError, SipError)  # the package roots
 
 app = typer.Typer(
     name="dialer",

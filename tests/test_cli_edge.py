@@ -16,10 +16,12 @@ from clitools import Run
 
 import billing
 import dialer
+import sip
 from billing.errors import BillingError, DatabaseUnavailable, StorageError, UnknownAccount
 from dialer import cli_amd
 from dialer.errors import ConfigError, DialerError
-from sip.errors import PlanError, SipSetupError
+from sip.errors import PlanError, SipError, SipSetupError
+from sip.pool import PoolError
 
 pytestmark = pytest.mark.usefixtures("isolated")
 
@@ -44,6 +46,7 @@ def _raising(error: BaseException) -> object:
         DatabaseUnavailable("database cli.db is not migrated: run `dialer db upgrade`"),
         PlanError("plan.toml: numbers: bad"),
         SipSetupError("port 5060 taken"),
+        PoolError("line0 exited with code 1 at start"),
     ],
     ids=lambda e: type(e).__name__,
 )
@@ -92,7 +95,9 @@ def _exceptions_of(package: object) -> list[type[BaseException]]:
     return found
 
 
-@pytest.mark.parametrize(("package", "root"), [(dialer, DialerError), (billing, BillingError)])
+@pytest.mark.parametrize(
+    ("package", "root"), [(dialer, DialerError), (billing, BillingError), (sip, SipError)]
+)
 def test_one_error_root_per_package(package: object, root: type[Exception]) -> None:
     errors = _exceptions_of(package)
     assert root in errors
