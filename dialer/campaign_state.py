@@ -28,6 +28,12 @@ class CampaignState(StrEnum):
     STOPPED = "stopped"
 
 
+#: a campaign in these states never dials again
+FINAL_STATES = frozenset({CampaignState.COMPLETED, CampaignState.STOPPED})
+#: a campaign in these states may still dial (its trunk stays on the lines)
+LIVE_STATES = frozenset({CampaignState.DRAFT, CampaignState.RUNNING, CampaignState.PAUSED})
+
+
 class PauseReason(StrEnum):
     USER = "user"
     BALANCE = "balance"

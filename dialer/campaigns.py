@@ -17,6 +17,7 @@ from billing.storage import Database
 from billing.tariff import Tariff, TrunkKind, parse_trunk_kind
 from dialer import store
 from dialer.campaign_state import (
+    FINAL_STATES,
     Action,
     CampaignState,
     PauseReason,
@@ -230,7 +231,7 @@ async def create_campaign(db: Database, spec: CampaignSpec) -> None:
                 "days": format_days(window.days), "timezone": spec.timezone,
                 "max_concurrent": spec.max_concurrent, "cps": spec.cps,
                 "retry": retry.to_json(), "agent_uri": spec.agent_uri,
-                "max_call_seconds": spec.max_call_seconds, "state": "draft",
+                "max_call_seconds": spec.max_call_seconds, "state": CampaignState.DRAFT.value,
                 "created_at": now, "updated_at": now,
             },
             f"campaign {spec.name!r}",
@@ -259,7 +260,7 @@ async def import_contacts(db: Database, campaign: str, path: Path) -> ImportRepo
 
     def add(conn: Connection) -> int:
         row = store.campaign_by_name(conn, campaign, lock=True)  # not completed meanwhile
-        if row.state in ("completed", "stopped"):
+        if row.state in FINAL_STATES:
             raise DialerError(f"campaign {campaign!r} is {row.state}: no more contacts")
         return store.insert_contacts(
             conn,
@@ -335,7 +336,7 @@ async def campaign_status(db: Database, campaign: str) -> dict[str, Any]:
             "account": row.account,
             "state": row.state,
             "pause_reason": row.pause_reason,
-            "blocked": row.blocked_reason if row.state == "running" else None,
+            "blocked": row.blocked_reason if row.state == CampaignState.RUNNING else None,
             "contacts": {
                 "total": counts["total"],
                 "pending": counts["pending"],

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from dialer import service
-from dialer.campaign_state import Action
+from dialer.campaign_state import FINAL_STATES, Action
 from dialer.campaigns import (
     CDR_COLUMNS,
     CampaignSpec,
@@ -273,7 +273,7 @@ def _watch(campaign: str) -> None:
                     grid.add_row(status_table(status))
                     grid.add_row(progress)
                     live.update(grid)
-                    if status["state"] in ("completed", "stopped"):
+                    if status["state"] in FINAL_STATES:
                         return
                     await asyncio.sleep(0.5)
 

@@ -37,7 +37,7 @@ from billing.period import Period, utcnow
 from billing.storage import Database
 from billing.tariff import Counter
 from dialer import db, store
-from dialer.campaign_state import Action
+from dialer.campaign_state import LIVE_STATES, Action, CampaignState
 from dialer.campaigns import (
     CampaignSpec,
     add_trunk,
@@ -140,9 +140,9 @@ async def _stop_leftovers(database: Database) -> None:
             update(store.CAMPAIGN)
             .where(
                 store.CAMPAIGN.c.account.like("demo-%"),
-                store.CAMPAIGN.c.state.in_(("draft", "running", "paused")),
+                store.CAMPAIGN.c.state.in_([s.value for s in LIVE_STATES]),
             )
-            .values(state="stopped", pause_reason=None)
+            .values(state=CampaignState.STOPPED.value, pause_reason=None)
         )
 
     await database.run(stop)
@@ -256,7 +256,7 @@ async def _watch(database: Database, ledger: Ledger, account: str, names: list[s
             statuses = [await campaign_status(database, n) for n in names]
             balances = await ledger.balances(account)
             live.update(_view(statuses, balances, story))
-            if all(s["state"] == "completed" for s in statuses):
+            if all(s["state"] == CampaignState.COMPLETED for s in statuses):
                 return
             paused = [s for s in statuses if s["pause_reason"] == "balance"]
             up = sum(s["contacts"]["in_progress"] for s in statuses)
@@ -274,7 +274,7 @@ async def _watch(database: Database, ledger: Ledger, account: str, names: list[s
                 resume_at = time.monotonic() + 2
             if resume_at is not None and time.monotonic() >= resume_at:
                 for status in statuses:
-                    if status["state"] == "paused":
+                    if status["state"] == CampaignState.PAUSED:
                         await change_state(
                             database, ledger.tariff, status["campaign"], Action.RESUME
                         )

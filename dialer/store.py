@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from billing.ledger import account_id, call_debits, gate
 from billing.tariff import Counter, Tariff, TrunkKind
 from dialer.call import next_attempt
-from dialer.campaign_state import CampaignState, Status
+from dialer.campaign_state import LIVE_STATES, CampaignState, Status
 from dialer.contact_state import ContactState, ContactStep, Lease, after_call, move
 from dialer.errors import DialerError
 from dialer.models import (
@@ -33,6 +33,8 @@ from dialer.models import (
 from dialer.number_policy import NumberPolicy, refusal
 from dialer.pacing import shared_tokens
 from dialer.retry import Disposition, RetryPolicy
+
+D = Disposition
 
 TRUNK = Trunk.__table__  # type: ignore[attr-defined]
 CAMPAIGN = Campaign.__table__  # type: ignore[attr-defined]
@@ -177,7 +179,7 @@ MAX_TRUNKS_PER_LINE = 7  # pjsua's 8 accounts per process, one kept for inbound 
 
 def trunks_in_use(conn: Connection) -> list[Any]:
     """Trunks of the campaigns that can still dial (the ones a worker's lines must carry)."""
-    used = select(CAMPAIGN.c.trunk_id).where(CAMPAIGN.c.state.in_(("draft", "running", "paused")))
+    used = select(CAMPAIGN.c.trunk_id).where(CAMPAIGN.c.state.in_([s.value for s in LIVE_STATES]))
     rows = list(conn.execute(select(TRUNK).where(TRUNK.c.id.in_(used)).order_by(TRUNK.c.id)).all())
     if len(rows) > MAX_TRUNKS_PER_LINE:
         names = ", ".join(r.name for r in rows)
@@ -305,19 +307,65 @@ def claim_contacts(
     limit = min(limit, budget.calls)
     if limit <= 0:
         return ClaimResult([], True)
-    # only pending ones: an in-progress contact whose lease ran out (its worker died)
-    # goes through reconcile_abandoned first, which knows whether its call was answered
-    claimable = in_state(ContactStep.CLAIM)
-    due = conn.execute(
-        select(CONTACT)
-        .where(
-            CONTACT.c.campaign_id == campaign.id,
-            claimable,
-            or_(CONTACT.c.next_attempt_at.is_(None), CONTACT.c.next_attempt_at <= now),
+    due = _due_contacts(conn, campaign.id, now, limit * 4 + 10)
+    ready, refusals = _sort_out(conn, campaign, due, is_open, next_open)
+    claimed: list[Claimed] = []
+    until = now + timedelta(seconds=lease_seconds)
+    for row in sorted(_lock_claimable(conn, ready, limit), key=lambda r: ready.index(r)):
+        conn.execute(
+            update(CONTACT)
+            .where(CONTACT.c.id == row.id)
+            .values(contact_values(ContactStep.CLAIM, worker=worker, until=until))
         )
-        .order_by(CONTACT.c.next_attempt_at.is_not(None), CONTACT.c.next_attempt_at, CONTACT.c.id)
-        .limit(limit * 4 + 10)
-    ).all()
+        claimed.append(
+            Claimed(row.id, row.phone, row.timezone, row.attempts + 1, dict(row.attributes or {}))
+        )
+    budget.spend(conn, len(claimed))
+    return ClaimResult(claimed, True, refused=refusals)
+
+
+def _due_contacts(conn: Connection, campaign_id: int, now: datetime, most: int) -> list[Any]:
+    """Pending contacts whose next attempt has come, oldest first. Only pending ones: an
+    in-progress contact whose lease ran out (its worker died) goes through
+    reconcile_abandoned first, which knows whether its call was answered."""
+    return list(
+        conn.execute(
+            select(CONTACT)
+            .where(
+                CONTACT.c.campaign_id == campaign_id,
+                in_state(ContactStep.CLAIM),
+                or_(CONTACT.c.next_attempt_at.is_(None), CONTACT.c.next_attempt_at <= now),
+            )
+            .order_by(
+                CONTACT.c.next_attempt_at.is_not(None), CONTACT.c.next_attempt_at, CONTACT.c.id
+            )
+            .limit(most)
+        ).all()
+    )
+
+
+def _lock_claimable(conn: Connection, rows: list[Any], most: int | None = None) -> list[Any]:
+    """The rows still claimable that no other transaction holds (PostgreSQL: SKIP LOCKED;
+    SQLite: BEGIN IMMEDIATE already made this the only writer)."""
+    if not rows:
+        return []
+    stmt = select(CONTACT.c.id).where(
+        CONTACT.c.id.in_([r.id for r in rows]), in_state(ContactStep.CLAIM)
+    )
+    if most is not None:
+        stmt = stmt.order_by(CONTACT.c.id).limit(most)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    held = set(conn.execute(stmt).scalars())
+    return [r for r in rows if r.id in held]
+
+
+def _sort_out(
+    conn: Connection, campaign: Any, due: list[Any], is_open: Any, next_open: Any
+) -> tuple[list[Any], list[tuple[int, str, str]]]:
+    """Of the due contacts: finish the ones never to be dialled (the do-not-call list,
+    the number policy as it is now: one tightened after the import holds before the
+    dial), defer the ones outside their calling window; the rest are ready."""
     blocked = set(
         conn.execute(
             select(DNC.c.phone).where(
@@ -326,35 +374,20 @@ def claim_contacts(
         ).scalars()
     )
     dnc = [r for r in due if r.phone in blocked]
-    # the policies as they are now: one tightened after the import holds before the dial
     check = number_refusal(conn, campaign.account, campaign.trunk_id)
     why = {r.id: check(r.phone) for r in due if r.phone not in blocked}
     refused = [r for r in due if why.get(r.id)]
     closed = [r for r in due if r.id in why and not why[r.id] and not is_open(r.timezone)]
     ready = [r for r in due if r.id in why and not why[r.id] and is_open(r.timezone)]
-
-    def lock(rows: list[Any], most: int | None = None) -> list[Any]:
-        """The rows still claimable that no other transaction holds (PostgreSQL: SKIP
-        LOCKED; SQLite: BEGIN IMMEDIATE already made this the only writer)."""
-        if not rows:
-            return []
-        stmt = select(CONTACT.c.id).where(CONTACT.c.id.in_([r.id for r in rows]), claimable)
-        if most is not None:
-            stmt = stmt.order_by(CONTACT.c.id).limit(most)
-        if conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        held = set(conn.execute(stmt).scalars())
-        return [r for r in rows if r.id in held]
-
     refuse = contact_values(ContactStep.REFUSE)
-    for row in lock(dnc):
+    for row in _lock_claimable(conn, dnc):
         conn.execute(
             update(CONTACT)
             .where(CONTACT.c.id == row.id)
             .values(refuse | {"last_disposition": Disposition.DNC.value})
         )
     refusals: list[tuple[int, str, str]] = []
-    for row in lock(refused):
+    for row in _lock_claimable(conn, refused):
         reason = str(why[row.id])
         conn.execute(
             update(CONTACT)
@@ -363,7 +396,7 @@ def claim_contacts(
                               "last_reason": reason[:255]})
         )  # fmt: skip
         refusals.append((row.id, row.phone, reason))
-    for row in lock(closed):
+    for row in _lock_claimable(conn, closed):
         conn.execute(
             update(CONTACT)
             .where(CONTACT.c.id == row.id)
@@ -371,22 +404,7 @@ def claim_contacts(
                 contact_values(ContactStep.DEFER) | {"next_attempt_at": next_open(row.timezone)}
             )
         )
-    claimed: list[Claimed] = []
-    for row in sorted(lock(ready, limit), key=lambda r: ready.index(r)):
-        conn.execute(
-            update(CONTACT)
-            .where(CONTACT.c.id == row.id)
-            .values(
-                contact_values(
-                    ContactStep.CLAIM, worker=worker, until=now + timedelta(seconds=lease_seconds)
-                )
-            )
-        )
-        claimed.append(
-            Claimed(row.id, row.phone, row.timezone, row.attempts + 1, dict(row.attributes or {}))
-        )
-    budget.spend(conn, len(claimed))
-    return ClaimResult(claimed, True, refused=refusals)
+    return ready, refusals
 
 
 @dataclass(frozen=True)
@@ -640,7 +658,7 @@ def write_call(conn: Connection, values: dict[str, Any]) -> None:
 def call_counts(conn: Connection, campaign_id: int) -> dict[str, int]:
     """Calls by outcome; a call still up counts as answered once the callee answered."""
     outcome = case(
-        (and_(CALL.c.disposition.is_(None), CALL.c.answered_at.is_not(None)), "answered"),
+        (and_(CALL.c.disposition.is_(None), CALL.c.answered_at.is_not(None)), D.ANSWERED.value),
         else_=func.coalesce(CALL.c.disposition, "ringing"),
     )
     rows = conn.execute(
@@ -649,11 +667,11 @@ def call_counts(conn: Connection, campaign_id: int) -> dict[str, int]:
     by = {d: int(n) for d, n in rows}
     return {
         "placed": sum(by.values()),
-        "answered": by.get("answered", 0),
-        "answering_machine": by.get("answering_machine", 0),
-        "busy": by.get("busy", 0),
-        "no_answer": by.get("no_answer", 0),
-        "failed": sum(by.get(k, 0) for k in ("failed", "rejected", "interrupted", "cancelled")),
+        "answered": by.get(D.ANSWERED, 0),
+        "answering_machine": by.get(D.ANSWERING_MACHINE, 0),
+        "busy": by.get(D.BUSY, 0),
+        "no_answer": by.get(D.NO_ANSWER, 0),
+        "failed": sum(by.get(k, 0) for k in (D.FAILED, D.REJECTED, D.INTERRUPTED, D.CANCELLED)),
     }
 
 
