@@ -22,7 +22,6 @@ from dialer.errors import DialerError
 from dialer.number_policy import NumberPolicy
 
 CAMPAIGN_ACTIONS = ("start", "pause", "resume", "stop", "status")
-BILLING_ACTIONS = ("topup", "balance")
 COUNTERS = tuple(c.value for c in Counter)
 
 

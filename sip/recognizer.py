@@ -118,13 +118,6 @@ def pronunciations() -> dict[str, list[str]]:
         return _DICTIONARY
 
 
-def unknown_words(phrases: Iterable[str]) -> list[str]:
-    """Words the recogniser cannot hear (no pronunciation): they are left out of its
-    language model; the phrase can still match on its other words."""
-    known = pronunciations()
-    return sorted({w for p in phrases for w in words_of(p) if w not in known})
-
-
 def private_temp_dir(name: str) -> Path:
     """A per-user cache folder under the temp dir (mode 0700, ours, not a symlink): files
     read from it steer recognition and playback, so no other local user may plant them."""
