@@ -235,6 +235,7 @@ class Worker:
         self.events = events
         self.bridge: Any = None  # the MQTT bridge, when the runtime made one
         self.ops: Any = None  # the metrics/health endpoints, when configured
+        self.liveness: Any = None  # dialer.liveness.Liveness, when the runtime made one
         self.ledger = ledger
         self.pool = pool
         self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:8]}"
@@ -521,6 +522,8 @@ class Worker:
         if time.monotonic() - self._refreshed >= REFRESH_SECONDS:
             await self._refresh()
             await self._complete_finished()
+        if self.liveness is not None and self.liveness.fenced:
+            return  # others may be settling our calls (dialer.liveness): no new claim
         for view in list(self.campaigns.values()):
             if self._stopping:
                 return

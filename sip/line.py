@@ -4,12 +4,17 @@ sip.pool.LinePool; it exits when its stdin closes, hanging up its calls first.
 
 The first message must be ``configure`` (it carries trunk credentials, which is why
 they come over the pipe and not on the command line, where ``ps`` would show them).
+
+A line outlives no worker: when its orchestrator dies (even by SIGKILL) it gets SIGTERM
+from the kernel (``PR_SET_PDEATHSIG``) and, as on a closed stdin, hangs up its calls and
+exits, so the SIP port is free for the restarted worker within a second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -27,6 +32,9 @@ from sip.protocol import (
     encode,
     event,
 )
+
+PARENT_ENV = "DIALER_LINE_PARENT"  # the orchestrator's pid (sip/pool.py sets it)
+PR_SET_PDEATHSIG = 1
 
 
 class _Writer:
@@ -113,7 +121,22 @@ async def _pump(reader: asyncio.StreamReader, engine: Any, write: _Writer) -> No
         engine.submit(command)
 
 
+def die_with_parent() -> bool:
+    """Ask for SIGTERM when the parent dies (Linux). The signal follows the exit of the
+    parent's THREAD that started us: the pool starts lines from its event loop's thread,
+    which lives as long as the worker. False: not available here."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
 def main() -> None:
+    parent = os.environ.get(PARENT_ENV, "")
+    die_with_parent()
+    if parent.isdigit() and os.getppid() != int(parent):
+        sys.exit(0)  # the worker died before the request took effect: nobody to serve
     protocol_fd = move_c_stdout_to_stderr()
     sys.exit(asyncio.run(serve(protocol_fd)))
 
