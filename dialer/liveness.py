@@ -267,16 +267,20 @@ class Liveness:
         return at is not None and self.clock() >= at
 
     async def __aenter__(self) -> Liveness:
-        started = self.clock()
-        await self.db.run(lambda conn: announce(conn, self.me, utcnow()))
-        self._last_ok = started
-        log.info("worker announced", worker=self.me.id, dead_after=self.me.dead_after,
-                 heartbeat_every=round(self.interval, 2))  # fmt: skip
+        await self.announce()
         self._tasks = [
             asyncio.create_task(self._beating(), name="liveness-beat"),
             asyncio.create_task(self._fencing(), name="liveness-fence"),
         ]
         return self
+
+    async def announce(self) -> None:
+        """Our row, before the first claim (``step`` then keeps it fresh)."""
+        started = self.clock()
+        await self.db.run(lambda conn: announce(conn, self.me, utcnow()))
+        self._last_ok = started
+        log.info("worker announced", worker=self.me.id, dead_after=self.me.dead_after,
+                 heartbeat_every=round(self.interval, 2))  # fmt: skip
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close(withdraw_row=True)
