@@ -189,8 +189,10 @@ async def test_a_silent_worker_is_settled_by_another_never_by_itself(
             await _rounds(clock, b, seconds=10)
             state = await _state(database)
             assert state["calls"] == {"call-a": "interrupted", "call-b": None}
-            assert state["contacts"] == {"+14155550101": ("pending", None),  # retried
-                                         "+14155550102": ("in_progress", "host-b:5060")}  # fmt: skip
+            assert state["contacts"] == {
+                "+14155550101": ("pending", None),  # retried
+                "+14155550102": ("in_progress", "host-b:5060"),
+            }
             assert state["workers"] == ["host-b:5060"]
             assert [c["call_id"] for c in settled] == ["call-a"]
             # b alone for a long time (its own contact, its clock jumping): never itself
