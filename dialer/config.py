@@ -79,10 +79,13 @@ class ScriptsConfig(Section):
 
 
 class WorkerConfig(Section):
-    #: A stable id (one per worker: host name, systemd instance): after a crash the
-    #: restarted worker settles its previous run's calls at once instead of waiting
-    #: for their leases to run out. None: a random id per run.
+    #: A stable id (one per worker): after a crash the restarted worker settles its
+    #: previous run's calls at once. None: ``<host name>:<SIP port>`` (stable per host and
+    #: port; a random id per run when the SIP port is 0), see dialer.liveness.
     id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    #: A worker whose heartbeat (every dead_after / 6 s, at most 5 s) has not moved for
+    #: this long is dead: any other worker settles its calls (dialer.liveness)
+    dead_after: float = Field(default=30.0, ge=3.0, le=3600.0)
 
 
 class OpsConfig(Section):

@@ -1,4 +1,5 @@
-"""Dialer tables: trunks, campaigns, contacts, call records (CDR), do-not-call list.
+"""Dialer tables: trunks, campaigns, contacts, call records (CDR), do-not-call list,
+the workers running.
 
 Accounts live in the billing ledger; these tables name them (``account``), and the
 dialer asks billing about them, never its tables. Times are naive UTC.
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     String,
     Text,
@@ -160,3 +162,24 @@ class DncEntry(SQLModel, table=True):
     account: str = Field(sa_column=Column(String(64), nullable=False))
     phone: str = Field(sa_column=Column(String(32), nullable=False))
     added_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))
+
+
+class WorkerPresence(SQLModel, table=True):
+    """A running worker, announced by itself and kept fresh by its heartbeat
+    (dialer.liveness). ``run`` tells one start of an id from the next; ``beats`` is what
+    other workers watch (the times are the worker's own clock: for people to read, never
+    compared across hosts). The row goes when the worker stops cleanly, or when another
+    worker has found it dead and settled its calls."""
+
+    __tablename__ = "dialer_worker"
+
+    id: str = Field(sa_column=Column(String(64), primary_key=True))
+    run: str = Field(sa_column=Column(String(32), nullable=False))
+    host: str = Field(sa_column=Column(String(255), nullable=False))
+    pid: int = Field(sa_column=Column(Integer, nullable=False))
+    version: str = Field(sa_column=Column(String(32), nullable=False))
+    #: silent longer than this (seconds), it is dead: its own setting, announced here
+    dead_after: float = Field(sa_column=Column(Float, nullable=False))
+    beats: int = Field(sa_column=Column(Integer, nullable=False))
+    started_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))
+    heartbeat_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))

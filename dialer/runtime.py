@@ -13,6 +13,7 @@ from dialer import db, store
 from dialer.campaign_cache import trunk_configs
 from dialer.config import MqttConfig, OpsConfig, Settings, SipConfig
 from dialer.events import EventBuffer, Events
+from dialer.liveness import Liveness, default_worker_id
 from dialer.mqtt import MqttBridge
 from dialer.ops import OpsServer
 from dialer.worker import Worker
@@ -37,9 +38,12 @@ async def running_worker(
     ops: OpsConfig | None = None,
     worker_id: str | None = None,
     sip: SipConfig | None = None,
+    dead_after: float = 30.0,
 ) -> AsyncIterator[Worker]:
     """A worker dialling until the block ends; leaving it stops the worker gracefully
-    (no new calls, calls up get ``drain_seconds``, then are hung up and settled)."""
+    (no new calls, calls up get ``drain_seconds``, then are hung up and settled). It
+    announces itself and beats while it runs, and settles dead workers' calls
+    (dialer.liveness: silent for ``dead_after`` seconds is dead)."""
     rows = await database.run(store.trunks_in_use, write=False)
     config = PoolConfig(
         lines=lines,
@@ -63,6 +67,14 @@ async def running_worker(
             worker_id=worker_id,
             campaign_header=sip.campaign_header if sip else False,
         )
+
+        def settled(calls: list[dict[str, object]]) -> None:
+            worker.metrics.recovered += len(calls)
+
+        liveness = Liveness(database, worker.worker_id, dead_after, on_settled=settled,
+                            on_fence=lambda: worker.cancel_unanswered("worker fenced"))  # fmt: skip
+        await liveness.__aenter__()  # announced before the first claim
+        worker.liveness = liveness
         bridge_stop = asyncio.Event()
         bridge: asyncio.Task[None] | None = None
         if events is not None and mqtt is not None and mqtt.url:
@@ -85,7 +97,10 @@ async def running_worker(
         finally:
             await endpoints.aclose()
             stop.set()
-            await task
+            try:
+                await task
+            finally:  # beating until the calls are settled; the row stays if some are not
+                await liveness.close(withdraw_row=not worker.calls)
             if bridge is not None:  # after the worker: its last events go out too
                 bridge_stop.set()
                 await bridge
@@ -103,20 +118,23 @@ async def run_worker(
     # a server that stops answering fails the worker's transactions after a minute
     # (they are retried) instead of hanging them forever
     database = await db.open_database(cfg.database.url, command_timeout=WORKER_COMMAND_TIMEOUT)
+    port = cfg.sip.port if sip_port is None else sip_port
     try:
         ledger = Ledger(database, cfg.billing.make_tariff())
         async with running_worker(
             database,
             ledger,
             lines=lines or cfg.sip.lines,
-            sip_port=cfg.sip.port if sip_port is None else sip_port,
+            sip_port=port,
             rtp_port=cfg.sip.rtp_port_base,
             bind_address=cfg.sip.bind_address,
             drain_seconds=drain_seconds,
             mqtt=cfg.mqtt,
             ops=cfg.ops,
-            worker_id=cfg.worker.id,
+            # a stable default: a restart settles its previous run's calls at once
+            worker_id=cfg.worker.id or default_worker_id(cfg.sip.bind_address, port),
             sip=cfg.sip,
+            dead_after=cfg.worker.dead_after,
         ):
             await stop.wait()
     finally:

@@ -42,6 +42,7 @@ from dialer.campaigns import campaign_status, pause_for_balance, status_of
 from dialer.durable import FIRST_RETRY, MAX_RETRY, DurableWrites
 from dialer.events import Events
 from dialer.inbound import InboundRecords, inbound_cdr
+from dialer.liveness import Liveness
 from dialer.metrics import WorkerMetrics
 from dialer.windows import parse_zone
 from sip.events import InboundRejected, Interrupted, LineDied, LineEvent, Registration
@@ -82,6 +83,7 @@ class Worker:
         #: None: no MQTT; else whether the bridge is connected (set by the runtime)
         self.mqtt_connected: Callable[[], bool] | None = None
         self.ops_port: int | None = None  # the metrics/health endpoints, when configured
+        self.liveness: Liveness | None = None  # heartbeat and fence, when the runtime made one
         self.writes = DurableWrites(self.metrics)
         self.cache = CampaignCache(db, pool, assets or private_temp_dir("dialer-assets"), events)
         self.calls: dict[str, Call] = {}
@@ -185,6 +187,14 @@ class Worker:
         if tasks:
             await asyncio.wait(tasks, timeout=within)
 
+    async def cancel_unanswered(self, reason: str) -> None:
+        """Hang up the calls not answered yet (a fenced worker: the settlement elsewhere
+        may give their contacts to another worker)."""
+        for call in list(self.calls.values()):
+            if call.answered_at is None:
+                with contextlib.suppress(PoolError):
+                    await self.pool.hangup(call.plan.call_id, reason)
+
     # -- dialling -------------------------------------------------------------------------
 
     async def _dial_round(self) -> None:
@@ -197,6 +207,8 @@ class Worker:
             if self.events is not None:
                 await self._publish_states()
             await self._complete_finished()
+        if self.liveness is not None and self.liveness.fenced:
+            return  # others may be settling our calls (dialer.liveness): no new claim
         for view in list(self.cache.campaigns.values()):
             if self._stopping:
                 return

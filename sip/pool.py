@@ -55,6 +55,7 @@ from sip.events import (
 )
 from sip.logs import current_settings
 from sip.protocol import (
+    PARENT_ENV,
     Configure,
     Dial,
     LineConfig,
@@ -74,6 +75,8 @@ START_TIMEOUT = 20.0
 ACK_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 RESTART_DELAY = 0.5
+PORT_WAIT = 10.0  # a line's SIP port still held (a dead worker's line on its way out)
+PORT_RETRY = 0.25
 
 
 class PoolError(SipError):
@@ -246,6 +249,28 @@ class LinePool:
         self._rotate()  # trunks changed again meanwhile
 
     async def _start(self, line: _Line) -> None:
+        """Start the line. Its SIP port still in use (the lines of a worker killed just
+        before this one started take a moment to exit) is waited for, up to PORT_WAIT."""
+        deadline = time.monotonic() + PORT_WAIT
+        restarting, waited = line.restarting, False
+        try:
+            while True:
+                try:
+                    return await self._start_once(line)
+                except PoolError as exc:
+                    held = "Address already in use" in str(exc) and line.config.sip_port
+                    if not held or time.monotonic() >= deadline:
+                        raise
+                if not waited:
+                    log.warning("SIP port in use: waiting for it", line=line.name,
+                                port=line.config.sip_port, up_to_seconds=PORT_WAIT)  # fmt: skip
+                    waited = True
+                line.restarting = True  # the failed process's exit starts no replacement
+                await asyncio.sleep(PORT_RETRY)
+        finally:
+            line.restarting = restarting
+
+    async def _start_once(self, line: _Line) -> None:
         line.stale = False  # the config sent below is the current one
         line.process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -256,7 +281,8 @@ class LinePool:
             stderr=None,
             limit=1 << 20,
             start_new_session=True,  # a Ctrl-C to the orchestrator is not a kill of its lines
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # the line ends itself when this process dies (sip/line.py: parent death)
+            env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())},
         )
         line.ready = asyncio.get_running_loop().create_future()
         line.free = line.pending = 0

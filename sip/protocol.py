@@ -69,6 +69,7 @@ from sip.errors import SipError
 from sip.uri import MAX_PASSWORD, check_sip_uri, check_text, check_user
 
 VERSION = 1
+PARENT_ENV = "DIALER_LINE_PARENT"  # the orchestrator's pid, in a line's environment
 MAX_LINE_BYTES = 64 * 1024
 
 

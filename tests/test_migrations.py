@@ -143,9 +143,11 @@ def _filler(column: Column[Any]) -> object:
     return fillers.get(_kind(column), "x")
 
 
-def _seed(conn: Connection) -> dict[str, list[dict[str, Any]]]:
-    """Representative rows in every table the schema has at this revision."""
+def _seed(conn: Connection, revision: str) -> dict[str, list[dict[str, Any]]]:
+    """Representative rows in every table the schema has at this revision, as the code
+    of that revision wrote them."""
     seed = _Seeder(conn)
+    scoped = REVISIONS.index(revision) >= REVISIONS.index("0005_number_policy")
     account = seed.add("billing_account", name=ACCOUNT, created_at=T0)
     seed.add("billing_balance", account_id=account, counter="telephony", balance_seconds=585)
     seed.add("billing_balance", account_id=account, counter="speech", balance_seconds=45)
@@ -156,7 +158,9 @@ def _seed(conn: Connection) -> dict[str, list[dict[str, Any]]]:
             **entry,
             counter=counter,
             seconds=minutes * 60,
-            idempotency_key=f"package:seed-{counter}",
+            idempotency_key=f"package:{account}:seed-{counter}"
+            if scoped
+            else f"package:seed-{counter}",
         )
         seed.add(
             "billing_package",
@@ -369,7 +373,7 @@ async def test_upgrade_with_rows_to_head(empty_url: str, revision: str) -> None:
     database = Database(empty_url, create=True)
     try:
         await _alembic(database, command.upgrade, revision)
-        seeded = await database.run(_seed)
+        seeded = await database.run(lambda conn: _seed(conn, revision))
         assert seeded, f"no table to put rows in at {revision}"
 
         assert await db.upgrade(database) == (revision, HEAD)
