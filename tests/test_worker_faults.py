@@ -209,3 +209,37 @@ async def test_a_dial_whose_outcome_is_unknown(db_url: str, tmp_path: Path) -> N
         assert calls[0].billed_telephony_seconds == 0
     finally:
         await database.dispose()
+
+
+async def test_every_log_line_of_a_call_carries_its_ids(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call's task binds its ids to the log context: lines logged anywhere below it
+    (the session's notes, the settlement, a database retry) carry them unasked."""
+    import structlog
+    from structlog.testing import LogCapture
+
+    capture = LogCapture()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    try:
+        database, ledger = await campaign(sqlite_url, tmp_path, ["+14155550100", "+14155550101"])
+        try:
+            pool = ScriptedPool(hangup_after=0.3, stamp_early=0.0)
+            worker = Worker(database, ledger, pool, worker_id="w1")  # type: ignore[arg-type]
+            await run_until_done(worker, database)
+        finally:
+            await database.dispose()
+    finally:
+        structlog.reset_defaults()
+    of_calls = [e for e in capture.entries if e["event"] in ("answered", "call ended")]
+    assert len(of_calls) == 4, capture.entries
+    assert {e["call_id"] for e in of_calls} == {
+        e["call_id"] for e in of_calls if e["event"] == "answered"
+    }
+    for entry in of_calls:
+        assert entry["campaign"] == "spring" and entry["account"] == "acme", entry
+        assert entry["call_id"].startswith("spring-"), entry
+    # nothing leaks out of the call's task into the worker's own lines
+    assert all(
+        "call_id" not in e for e in capture.entries if e["event"] == "stopping: no new calls"
+    )
