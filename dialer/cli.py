@@ -8,6 +8,7 @@ cli_amd), added here; what they share is in cli_common."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -125,9 +126,11 @@ app.command("events")(events)
 # -- entry point -----------------------------------------------------------------------------
 
 
+@functools.cache
 def command() -> typer.core.TyperGroup:
     """The click command tree, with the root's --config on every group and command too,
-    so it is taken anywhere on the line (Typer adds its completion options the same way)."""
+    so it is taken anywhere on the line (Typer adds its completion options the same way).
+    Built once per process (40 ms; the app does not change)."""
     root = typer.main.get_command(app)
     assert isinstance(root, TyperGroup)
     config = next(p for p in root.params if p.name == "config")

@@ -9,7 +9,6 @@ template, so tests never see each other's rows.
 from __future__ import annotations
 
 import asyncio
-import functools
 import glob
 import os
 import subprocess
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-import typer
 from clitools import Run
 
 from billing.storage import Database
@@ -151,16 +149,6 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if key.startswith("DIALER_"):
             monkeypatch.delenv(key)
     OPTIONS.config = None
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_click_command() -> Iterator[None]:
-    """Typer builds the click command from the app on every `main()`, 40 ms: once per
-    process for an operator, hundreds of times here (the app does not change in between)."""
-    build = typer.main.get_command
-    typer.main.get_command = functools.cache(build)
-    yield
-    typer.main.get_command = build
 
 
 @pytest.fixture
