@@ -288,7 +288,9 @@ def talk_seconds(scenario: Scenario) -> tuple[dict[Counter, float], set[Counter]
         ):
             for counter in Counter:
                 if scenario.tariff.charges_during(scenario.trunk, counter, segment[0]):
-                    total[counter] += t - segment[1]
+                    # times are billed to the millisecond: each stamp rounded, as a
+                    # line's CLOCK_MONOTONIC reading is taken to the ms
+                    total[counter] += (round(t * 1000) - round(segment[1] * 1000)) / 1000
             segment = None
         if isinstance(event, ev.Answered | ev.AgentEnded):
             segment = (Segment.BOT, t)
