@@ -58,7 +58,7 @@ async def _dial(url: str) -> tuple[dict[str, Any], dict[str, Any], Path, list[An
                     assert asyncio.get_running_loop().time() < deadline, (name, status)
                     await asyncio.sleep(0.2)
                 blocked[name] = status
-            assets = worker.assets
+            assets = worker.cache.assets
         calls = await database.run(
             lambda c: store.calls_of(c, store.campaign_by_name(c, "spring").id), write=False
         )
