@@ -73,6 +73,7 @@ from sip.sockfilter import (
     sip_udp_program,
     tcp_program,
 )
+from sip.uri import bare_host, dial_uri, host_of, registrar_uri
 
 POLL_MS = 10
 SHUTDOWN_DRAIN_SECONDS = 2.0
@@ -93,35 +94,6 @@ class FrameConsumer(Protocol):
     def call_started(self, call_id: str, clock_rate: int, phrases: Sequence[str]) -> None: ...
     def frame(self, call_id: str, pcm: bytes) -> None: ...
     def call_ended(self, call_id: str) -> None: ...
-
-
-def dial_uri(trunk: TrunkConfig, to: str) -> str:
-    """sip:NUMBER@host[:port][;params] from the trunk URI; a full SIP URI passes through."""
-    if to.startswith(("sip:", "sips:")):
-        return to
-    scheme, _, rest = trunk.uri.partition(":")
-    host = rest.split("@", 1)[1] if "@" in rest else rest
-    return f"{scheme}:{to}@{host}"
-
-
-def registrar_uri(trunk: TrunkConfig) -> str:
-    """The trunk URI without a user part: sip:host[:port][;params]."""
-    scheme, _, rest = trunk.uri.partition(":")
-    return f"{scheme}:{rest.split('@', 1)[1] if '@' in rest else rest}"
-
-
-def _host_of(uri: str) -> str:
-    rest = uri.partition(":")[2]
-    rest = rest.split("@", 1)[1] if "@" in rest else rest
-    return rest.split(";", 1)[0]
-
-
-def _bare_host(uri: str) -> str:
-    """The host of a SIP URI, without port or brackets."""
-    host = _host_of(uri)
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 MAX_AGENT_SOURCES = 64
@@ -449,9 +421,9 @@ class SipEngine:
             except ValueError:
                 found += self._resolve(entry, "allow_from entry")
         for trunk in cfg.trunks:
-            found += self._resolve(_bare_host(trunk.uri), f"trunk {trunk.name}")
+            found += self._resolve(bare_host(trunk.uri), f"trunk {trunk.name}")
             if trunk.outbound_proxy:
-                found += self._resolve(_bare_host(trunk.outbound_proxy), f"proxy of {trunk.name}")
+                found += self._resolve(bare_host(trunk.outbound_proxy), f"proxy of {trunk.name}")
         return found
 
     def _resolve(self, host: str, what: str) -> list[Network]:
@@ -464,7 +436,7 @@ class SipEngine:
 
     def _allow_agent(self, uri: str) -> None:
         """Agents we dial send their BYE and re-INVITEs from their own address."""
-        new = [n for n in resolve_ipv4(_bare_host(uri)) if n not in self._agent_sources]
+        new = [n for n in resolve_ipv4(bare_host(uri)) if n not in self._agent_sources]
         if new:
             self._agent_sources = (self._agent_sources + new)[-MAX_AGENT_SOURCES:]
             self._apply_source_filter()
@@ -499,7 +471,7 @@ class SipEngine:
             acfg.priority = 0
         else:
             user = trunk.caller_id or trunk.username or "dialer"
-            acfg.idUri = f"sip:{user}@{_host_of(trunk.uri)}"
+            acfg.idUri = f"sip:{user}@{host_of(trunk.uri)}"
             acfg.priority = 1
             if trunk.registers:
                 acfg.regConfig.registrarUri = registrar_uri(trunk)
@@ -627,7 +599,7 @@ class SipEngine:
         prm = pj.CallOpParam(True)
         caller = cmd.caller_id or trunk.caller_id
         if caller:
-            prm.txOption.localUri = f"sip:{caller}@{_host_of(trunk.uri)}"
+            prm.txOption.localUri = f"sip:{caller}@{host_of(trunk.uri)}"
         for name, value in {**trunk.headers, **cmd.headers}.items():
             header = pj.SipHeader()
             header.hName = name
@@ -1095,3 +1067,6 @@ class SipEngine:
         for item in self._take_inbox():
             if isinstance(item, tuple) and item[0] == "play_done":
                 self._play_done(item[1])
+
+
+__all__ = ["Emit", "FrameConsumer", "SipEngine", "dial_uri", "registrar_uri"]
