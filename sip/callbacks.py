@@ -19,7 +19,7 @@ from sip.audio import is_voiced, vector_bytes
 from sip.protocol import TrunkConfig
 
 if TYPE_CHECKING:
-    from sip.engine import SipEngine
+    from sip.enginebase import EngineBase
 
 
 class FrameConsumer(Protocol):
@@ -64,7 +64,7 @@ class _Tap(pj.AudioMediaPort):  # type: ignore[misc]
 
 
 class _Player(pj.AudioMediaPlayer):  # type: ignore[misc]
-    def __init__(self, engine: SipEngine, call_id: str, wav: str) -> None:
+    def __init__(self, engine: EngineBase, call_id: str, wav: str) -> None:
         super().__init__()
         self.engine = engine
         self.call_id = call_id
@@ -75,7 +75,7 @@ class _Player(pj.AudioMediaPlayer):  # type: ignore[misc]
 
 
 class _Call(pj.Call):  # type: ignore[misc]
-    def __init__(self, engine: SipEngine, account: Any, role: str, pj_id: int = -1) -> None:
+    def __init__(self, engine: EngineBase, account: Any, role: str, pj_id: int = -1) -> None:
         if pj_id == -1:
             super().__init__(account)
         else:
@@ -130,7 +130,7 @@ class _Call(pj.Call):  # type: ignore[misc]
 
 
 class _Account(pj.Account):  # type: ignore[misc]
-    def __init__(self, engine: SipEngine, trunk: TrunkConfig | None) -> None:
+    def __init__(self, engine: EngineBase, trunk: TrunkConfig | None) -> None:
         super().__init__()
         self.engine = engine
         self.trunk = trunk
@@ -157,7 +157,7 @@ class _Account(pj.Account):  # type: ignore[misc]
 
 
 class _Endpoint(pj.Endpoint):  # type: ignore[misc]
-    def __init__(self, engine: SipEngine) -> None:
+    def __init__(self, engine: EngineBase) -> None:
         super().__init__()
         self.engine = engine
 

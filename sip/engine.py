@@ -29,7 +29,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pjsua2 as pj
@@ -38,7 +38,6 @@ import structlog
 from sip.audio import vector_bytes
 from sip.callbacks import FrameConsumer, _Account, _Call, _Endpoint, _Player, _Record, _Tap
 from sip.endpoint import (
-    MAX_ACCOUNTS,
     MAX_CALLS,
     PJ_ETOOMANY,
     add_transports,
@@ -48,6 +47,7 @@ from sip.endpoint import (
     media_transport,
     set_codec_priorities,
 )
+from sip.enginebase import Emit, EngineBase
 from sip.errors import SipSetupError
 from sip.logs import PjsipLog, pjsip_produced
 from sip.pjlog import LogWriter, log_early
@@ -61,17 +61,12 @@ from sip.protocol import (
     StopPlay,
     Transfer,
     TrunkConfig,
-    event,
 )
 from sip.rtpguard import close_ports, host_port, local_ports, pin
 from sip.sockfilter import (
     Network,
-    attach,
-    own_sockets,
     parse_networks,
     resolve_ipv4,
-    sip_udp_program,
-    tcp_program,
 )
 from sip.uri import bare_host, dial_uri, host_of, registrar_uri
 
@@ -81,45 +76,18 @@ TAP_CLOCK_RATE = 16000
 
 log = structlog.get_logger("sip.engine")
 
-Emit = Callable[[list[dict[str, Any]]], None]
-
-
-MAX_AGENT_SOURCES = 64
 WATCH_PINNED_TURNS = 25  # ~0.25 s
 
 
-class SipEngine:
+class SipEngine(EngineBase):
     def __init__(
         self, config: LineConfig, emit: Emit, consumer: FrameConsumer | None = None
     ) -> None:
-        if len(config.trunks) > MAX_ACCOUNTS - 1:
-            raise SipSetupError(f"a line carries at most {MAX_ACCOUNTS - 1} trunks")
-        self.config = config
-        self._emit_raw = emit
-        self.consumer = consumer
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        super().__init__(config, emit, consumer)
         self._thread = threading.Thread(target=self._run, name=f"sip-{config.name}", daemon=True)
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._stopping = False
-        self.sip_port = 0
-        # SIP-thread state
-        self._ep: Any = None
-        self._accounts: dict[str, _Account] = {}
-        self._local_account: _Account | None = None
-        self._records: dict[str, _Record] = {}
-        self._live: set[_Call] = set()
-        self._retired: list[_Call] = []
-        self._idle_taps: list[_Tap] = []
-        self._all_taps: list[_Tap] = []
-        self._players: set[_Player] = set()
-        self._to_reject: list[_Call] = []  # inbound calls, rejected on the next turn
-        self._watch_turn = 0
-        self._sip_sources: list[Network] = []  # who may send us SIP requests
-        self._agent_sources: list[Network] = []
-        self._filtered_ports: list[tuple[int, socket.SocketKind]] = []
-        self._outbox: list[dict[str, Any]] = []
-        self._log_writer: LogWriter | None = None  # owned by the Endpoint once handed over
 
     # -- other threads --------------------------------------------------------------------
 
@@ -139,24 +107,6 @@ class SipEngine:
         self._thread.join(timeout)
 
     # -- the SIP thread -------------------------------------------------------------------
-
-    @property
-    def _taps_wanted(self) -> bool:
-        return self.consumer is not None or self.config.measure_audio
-
-    @property
-    def free_slots(self) -> int:
-        return MAX_CALLS - len(self._live)
-
-    def _emit(self, name: str, **fields: Any) -> None:
-        fields.setdefault("at", time.time())
-        fields.setdefault("mono", time.monotonic())  # what billing runs on: no clock steps
-        self._outbox.append(event(name, free=self.free_slots, **fields))
-
-    def _flush(self) -> None:
-        if self._outbox:
-            batch, self._outbox = self._outbox, []
-            self._emit_raw(batch)
 
     def _run(self) -> None:
         try:
@@ -256,31 +206,6 @@ class SipEngine:
             )
         return found
 
-    def _allow_agent(self, uri: str) -> None:
-        """Agents we dial send their BYE and re-INVITEs from their own address."""
-        new = [n for n in resolve_ipv4(bare_host(uri)) if n not in self._agent_sources]
-        if new:
-            self._agent_sources = (self._agent_sources + new)[-MAX_AGENT_SOURCES:]
-            self._apply_source_filter()
-
-    def _apply_source_filter(self) -> None:
-        if not self.config.filter_sources:
-            return
-        sources = list(dict.fromkeys(self._sip_sources + self._agent_sources))
-        address = self.config.bind_address
-        for port, kind in self._filtered_ports:
-            program = (
-                sip_udp_program(sources) if kind == socket.SOCK_DGRAM else tcp_program(sources)
-            )
-            socks = own_sockets(port, kind, address if address != "0.0.0.0" else None)
-            if not socks:
-                raise SipSetupError(f"cannot find the SIP socket on port {port} to filter it")
-            for sock in socks:
-                try:
-                    attach(sock, program)
-                finally:
-                    sock.close()
-
     def _make_account(self, trunk: TrunkConfig | None) -> _Account:
         cfg = self.config
         acfg = pj.AccountConfig()
@@ -317,30 +242,6 @@ class SipEngine:
                 f"cannot create SIP account for trunk {name}: {exc.info()}"
             ) from None
         return account
-
-    def _drop_retired(self) -> None:
-        """Dropped here, outside their callbacks, on this thread, cycles cut first.
-
-        Never while another live call holds the same pjsua slot: pjsua2's ~Call clears
-        the slot's user data and hangs up whatever call is in it (pjproject #3856), so a
-        slot reused during the last poll (inbound INVITEs arrive in bursts) would lose
-        the new call's callbacks and leave it in ``_live`` for good (measured: a flood of
-        200 INVITEs left all 4 slots dead). A retired call waits for its slot to free up.
-        So this runs right before anything can reuse a slot (makeCall, the next poll):
-        under load a slot is almost never free at the start of a turn, and waiting for
-        that piled up thousands of retired calls (measured: +16 MiB per line, pool
-        throughput 92% -> 79% of bare pjsua2).
-        """
-        if not self._retired:
-            return
-        busy = {call.getId() for call in self._live}
-        waiting: list[_Call] = []
-        for call in self._retired:
-            if call.getId() in busy:
-                waiting.append(call)
-            else:
-                call.record = None
-        self._retired = waiting
 
     def _take_inbox(self) -> Iterator[Any]:
         """What other threads queued since the last turn."""
@@ -442,13 +343,6 @@ class SipEngine:
             return
         self._emit("accepted", call_id=cmd.call_id)
 
-    def _hangup(self, record: _Record, by: str) -> None:
-        if record.hangup_by is None:
-            record.hangup_by = by
-        prm = pj.CallOpParam(True)
-        with contextlib.suppress(pj.Error):  # already disconnecting
-            record.call.hangup(prm)
-
     # -- call state -----------------------------------------------------------------------
 
     def _on_call_state(self, call: _Call, wall: float, mono: float) -> None:
@@ -510,11 +404,6 @@ class SipEngine:
                 by=record.hangup_by or "remote",
                 timeout=record.timeout,
             )
-
-    def _retire(self, call: _Call) -> None:
-        if call in self._live:
-            self._live.discard(call)
-            self._retired.append(call)
 
     # -- media ----------------------------------------------------------------------------
 
