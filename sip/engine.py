@@ -36,7 +36,7 @@ import pjsua2 as pj
 import structlog
 
 from sip.audio import vector_bytes
-from sip.callbacks import FrameConsumer, _Account, _Call, _Endpoint, _Player, _Record, _Tap
+from sip.callbacks import FrameConsumer, _Account, _Call, _Endpoint, _Record, _Tap
 from sip.endpoint import (
     MAX_CALLS,
     PJ_ETOOMANY,
@@ -47,9 +47,10 @@ from sip.endpoint import (
     media_transport,
     set_codec_priorities,
 )
-from sip.enginebase import Emit, EngineBase
+from sip.enginebase import TAP_CLOCK_RATE, Emit, EngineBase
 from sip.errors import SipSetupError
 from sip.logs import PjsipLog, pjsip_produced
+from sip.media import MediaMixin
 from sip.pjlog import LogWriter, log_early
 from sip.protocol import (
     Command,
@@ -62,7 +63,6 @@ from sip.protocol import (
     Transfer,
     TrunkConfig,
 )
-from sip.rtpguard import close_ports, host_port, local_ports, pin
 from sip.sockfilter import (
     Network,
     parse_networks,
@@ -72,14 +72,10 @@ from sip.uri import bare_host, dial_uri, host_of, registrar_uri
 
 POLL_MS = 10
 SHUTDOWN_DRAIN_SECONDS = 2.0
-TAP_CLOCK_RATE = 16000
-
 log = structlog.get_logger("sip.engine")
 
-WATCH_PINNED_TURNS = 25  # ~0.25 s
 
-
-class SipEngine(EngineBase):
+class SipEngine(MediaMixin, EngineBase):
     def __init__(
         self, config: LineConfig, emit: Emit, consumer: FrameConsumer | None = None
     ) -> None:
@@ -405,173 +401,6 @@ class SipEngine(EngineBase):
                 timeout=record.timeout,
             )
 
-    # -- media ----------------------------------------------------------------------------
-
-    def _on_media_state(self, call: _Call) -> None:
-        record = call.record
-        if record is None or record.finished:
-            return
-        try:
-            audio = call.getAudioMedia(-1)  # the first active audio (cheaper than getInfo)
-        except pj.Error:
-            return  # no active audio (yet, or on hold)
-        if call.role == "agent":
-            record.agent_audio = audio
-            if record.agent_answered:
-                self._bridge(record)
-        else:
-            record.audio = audio
-            self._attach_tap(record)
-            if record.pending_wav and record.answered:
-                self._play(record, record.pending_wav)
-
-    def _on_sdp_created(self, call: _Call, sdp: str) -> None:
-        """The call's first SDP: its RTP sockets were just bound and nobody should send
-        to them before the answer says who the callee is. Later SDPs (re-INVITEs) find
-        the call pinned already."""
-        if call.role == "inbound" or call.rtp_state != "open":
-            return
-        ports = local_ports(sdp)
-        if ports and close_ports(ports):
-            call.rtp_state = "closed"
-
-    def _pin_media(self, call: _Call, media: int, info: Any) -> None:
-        """SDP negotiated, pjmedia's stream not created yet: only the negotiated address
-        may send RTP from now on (again after a re-INVITE that changes it)."""
-        if call.role == "inbound":
-            return
-        remote_text = str(info.remoteRtpAddress)
-        call.rtp_remote, call.rtp_media = remote_text, media
-        try:
-            local = call.getMedTransportInfo(media)
-        except pj.Error:
-            local = None
-        remote = host_port(remote_text)
-        ports = (host_port(local.localRtpName), host_port(local.localRtcpName)) if local else ()
-        if remote is not None and len(ports) == 2 and ports[0] and ports[1]:
-            rtcp = host_port(str(info.remoteRtcpAddress)) or (remote[0], remote[1] + 1)
-            if pin(ports[0][1], ports[1][1], remote, rtcp):
-                call.rtp_state = "pinned"
-                return
-        call.rtp_state = "watched"
-        record = call.record
-        self._emit(
-            "error",
-            call_id=record.call_id if record else None,
-            security="rtp",
-            message=f"cannot restrict RTP to {remote_text}: only watching where it comes from",
-        )
-
-    def _watch_media(self) -> None:
-        """Where did the last RTP come from? Only a call the kernel filter could not pin
-        (or a socket pjmedia re-created) can hear a stranger; from then on its tap is deaf
-        (frames within the turn before may have passed). Every turn for a call that is
-        only watched; every WATCH_PINNED_TURNS for pinned ones (the check is defence in
-        depth there, and per turn it cost more than the filters: measured)."""
-        self._watch_turn = (self._watch_turn + 1) % WATCH_PINNED_TURNS
-        for record in self._records.values():
-            for call in (record.call, record.agent):
-                if call is None or call.rtp_remote is None or call.rtp_foreign:
-                    continue
-                if call.rtp_state == "pinned" and self._watch_turn:
-                    continue
-                try:
-                    source = call.getMedTransportInfo(call.rtp_media).srcRtpName
-                except pj.Error:
-                    continue
-                if not source or source == call.rtp_remote:
-                    continue
-                call.rtp_foreign = True
-                if call is record.call and record.tap is not None:
-                    record.tap.blocked = True
-                leg = "the callee's" if call is record.call else "the agent's"
-                self._emit(
-                    "error",
-                    call_id=record.call_id,
-                    security="rtp",
-                    message=f"RTP from {source} on {leg} leg, negotiated {call.rtp_remote}: "
-                    "its audio is ignored",
-                )
-
-    def _attach_tap(self, record: _Record) -> None:
-        # A Python tap costs ~0.7% of a core per call (a callback every 20 ms): only when
-        # someone listens (the call asked for it, or measure_audio for QA).
-        if record.listen is None and not self.config.measure_audio:
-            return
-        if not record.answered:
-            return  # early media (ringback, 183 announcements) is not the callee answering
-        if record.tap is None and self._idle_taps and record.audio is not None:
-            tap = self._idle_taps.pop()
-            tap.frames = tap.voiced = 0
-            tap.blocked = record.call.rtp_foreign
-            tap.call_id = record.call_id
-            record.tap = tap
-            tap.consumer = self.consumer if record.listen is not None else None
-            if tap.consumer is not None and record.listen is not None:
-                with contextlib.suppress(Exception):
-                    tap.consumer.call_started(record.call_id, TAP_CLOCK_RATE, record.listen)
-            record.audio.startTransmit(tap)
-
-    def _detach_tap(self, record: _Record) -> None:
-        tap = record.tap
-        if tap is None:
-            return
-        record.tap = None
-        record.rx_frames += tap.frames
-        record.rx_voiced += tap.voiced
-        tap.call_id = None
-        consumer, tap.consumer = tap.consumer, None
-        if record.audio is not None:
-            with contextlib.suppress(pj.Error):
-                record.audio.stopTransmit(tap)
-        self._idle_taps.append(tap)
-        if consumer is not None:
-            with contextlib.suppress(Exception):
-                consumer.call_ended(record.call_id)
-
-    def _release_media(self, record: _Record) -> None:
-        self._stop_play(record)
-        self._detach_tap(record)
-        record.audio = None
-        record.agent_audio = None
-
-    def _play(self, record: _Record, wav: str) -> None:
-        if record.bridged:
-            self._emit(
-                "error", call_id=record.call_id, message="cannot play: the caller is with an agent"
-            )
-            return
-        if record.audio is None or not record.answered:
-            record.pending_wav = wav  # plays as soon as the call has audio
-            return
-        record.pending_wav = None
-        self._stop_play(record)
-        player = _Player(self, record.call_id, wav)
-        try:
-            player.createPlayer(wav, pj.PJMEDIA_FILE_NO_LOOP)
-        except pj.Error as exc:
-            self._emit("error", call_id=record.call_id, message=f"cannot play {wav}: {exc.reason}")
-            return
-        self._players.add(player)
-        record.player = player
-        if not record.bridged:
-            player.startTransmit(record.audio)
-
-    def _stop_play(self, record: _Record) -> None:
-        record.pending_wav = None
-        player, record.player = record.player, None
-        if player is not None:
-            if record.audio is not None:
-                with contextlib.suppress(pj.Error):
-                    player.stopTransmit(record.audio)
-            self._players.discard(player)
-
-    def _play_done(self, player: _Player) -> None:
-        record = self._records.get(player.call_id)
-        if record is not None and record.player is player:
-            self._stop_play(record)
-            self._emit("play_done", call_id=player.call_id, wav=player.wav)
-
     # -- transfers ------------------------------------------------------------------------
 
     def _transfer(self, record: _Record, cmd: Transfer) -> None:
@@ -650,26 +479,6 @@ class SipEngine(EngineBase):
             status=408,
             reason="agent did not answer in time",
         )
-
-    def _bridge(self, record: _Record) -> None:
-        if record.bridged or record.audio is None or record.agent_audio is None:
-            return
-        self._stop_play(record)  # the bot stops talking
-        self._detach_tap(record)  # and stops listening: speech is not in use
-        record.audio.startTransmit(record.agent_audio)
-        record.agent_audio.startTransmit(record.audio)
-        record.bridged = True
-
-    def _unbridge(self, record: _Record) -> None:
-        if not record.bridged:
-            return
-        record.bridged = False
-        with contextlib.suppress(pj.Error):
-            record.audio.stopTransmit(record.agent_audio)
-        with contextlib.suppress(pj.Error):
-            record.agent_audio.stopTransmit(record.audio)
-        record.agent_audio = None
-        self._attach_tap(record)  # the caller is back with the bot
 
     def _on_transfer_status(self, call: _Call, status: int, reason: str, final: bool) -> None:
         record = call.record

@@ -23,6 +23,7 @@ from sip.sockfilter import Network, attach, own_sockets, resolve_ipv4, sip_udp_p
 from sip.uri import bare_host
 
 MAX_AGENT_SOURCES = 64
+TAP_CLOCK_RATE = 16000  # the conference bridge's, so the taps'
 
 Emit = Callable[[list[dict[str, Any]]], None]
 
