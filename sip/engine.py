@@ -1,6 +1,11 @@
 """The SIP engine of a line process: one pjsua2 Endpoint on its own thread.
 
-Rules of this file (PJSUA2_NOTES.md, "Object lifetime"):
+This module is its core: the thread's loop, commands, dialing, call state, inbound
+rejection and shutdown. The other parts are mixed into SipEngine: its state and shared
+steps (sip.enginebase), start-up (sip.startup), media (sip.media) and transfers
+(sip.transfers); the pjsua2 subclasses whose callbacks call it are in sip.callbacks.
+
+Rules of the engine, all its parts (PJSUA2_NOTES.md, "Object lifetime"):
 
 * Every pjsua2 object (Endpoint, Account, Call, player, tap) is created, used and
   dropped on the SIP thread. Other threads only put commands on ``self._inbox``.
@@ -26,31 +31,19 @@ import contextlib
 import gc
 import os
 import queue
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any
 
 import pjsua2 as pj
 import structlog
 
-from sip.audio import is_voiced, vector_bytes
-from sip.endpoint import (
-    MAX_ACCOUNTS,
-    MAX_CALLS,
-    PJ_ETOOMANY,
-    add_transports,
-    collect_like_python,
-    create_endpoint,
-    destroy_endpoint,
-    media_transport,
-    set_codec_priorities,
-)
+from sip.callbacks import FrameConsumer, _Account, _Call, _Record
+from sip.endpoint import PJ_ETOOMANY, collect_like_python, destroy_endpoint
+from sip.enginebase import Emit, EngineBase
 from sip.errors import SipSetupError
-from sip.logs import PjsipLog, pjsip_produced
-from sip.pjlog import LogWriter, log_early
+from sip.media import MediaMixin
 from sip.protocol import (
     Command,
     Dial,
@@ -60,272 +53,26 @@ from sip.protocol import (
     Shutdown,
     StopPlay,
     Transfer,
-    TrunkConfig,
-    event,
 )
-from sip.rtpguard import close_ports, host_port, local_ports, pin
-from sip.sockfilter import (
-    Network,
-    attach,
-    own_sockets,
-    parse_networks,
-    resolve_ipv4,
-    sip_udp_program,
-    tcp_program,
-)
+from sip.startup import StartupMixin
+from sip.transfers import TransferMixin
+from sip.uri import dial_uri, host_of, registrar_uri
 
 POLL_MS = 10
 SHUTDOWN_DRAIN_SECONDS = 2.0
-TAP_CLOCK_RATE = 16000
 
 log = structlog.get_logger("sip.engine")
 
-Emit = Callable[[list[dict[str, Any]]], None]
 
-
-class FrameConsumer(Protocol):
-    """Receives the callee's audio inside the line process (speech recognition later).
-
-    ``frame`` runs on pjmedia's clock thread every 20 ms per call: it must be quick and
-    must not call pjsua2.
-    """
-
-    def call_started(self, call_id: str, clock_rate: int, phrases: Sequence[str]) -> None: ...
-    def frame(self, call_id: str, pcm: bytes) -> None: ...
-    def call_ended(self, call_id: str) -> None: ...
-
-
-def dial_uri(trunk: TrunkConfig, to: str) -> str:
-    """sip:NUMBER@host[:port][;params] from the trunk URI; a full SIP URI passes through."""
-    if to.startswith(("sip:", "sips:")):
-        return to
-    scheme, _, rest = trunk.uri.partition(":")
-    host = rest.split("@", 1)[1] if "@" in rest else rest
-    return f"{scheme}:{to}@{host}"
-
-
-def registrar_uri(trunk: TrunkConfig) -> str:
-    """The trunk URI without a user part: sip:host[:port][;params]."""
-    scheme, _, rest = trunk.uri.partition(":")
-    return f"{scheme}:{rest.split('@', 1)[1] if '@' in rest else rest}"
-
-
-def _host_of(uri: str) -> str:
-    rest = uri.partition(":")[2]
-    rest = rest.split("@", 1)[1] if "@" in rest else rest
-    return rest.split(";", 1)[0]
-
-
-def _bare_host(uri: str) -> str:
-    """The host of a SIP URI, without port or brackets."""
-    host = _host_of(uri)
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-MAX_AGENT_SOURCES = 64
-WATCH_PINNED_TURNS = 25  # ~0.25 s
-
-
-class _Tap(pj.AudioMediaPort):  # type: ignore[misc]
-    """A pooled audio sink: counts frames and hands them to the consumer."""
-
-    def __init__(self, consumer: FrameConsumer | None, measure: bool) -> None:
-        super().__init__()
-        self.consumer = consumer
-        self.measure = measure
-        self.call_id: str | None = None
-        self.frames = 0
-        self.voiced = 0
-        # RTP from a stranger reached the call (set by the SIP thread, read here): its
-        # audio must not reach speech analysis or AMD
-        self.blocked = False
-
-    def onFrameReceived(self, frame: Any) -> None:
-        call_id = self.call_id
-        if call_id is None:
-            return
-        self.frames += 1
-        if self.blocked or (self.consumer is None and not self.measure):
-            return  # only when someone wants the frame
-        pcm = vector_bytes(frame.buf)
-        if self.measure and is_voiced(pcm):
-            self.voiced += 1
-        if self.consumer is not None:
-            with contextlib.suppress(Exception):  # an exception here would reach pjmedia
-                self.consumer.frame(call_id, pcm)
-
-
-class _Player(pj.AudioMediaPlayer):  # type: ignore[misc]
-    def __init__(self, engine: SipEngine, call_id: str, wav: str) -> None:
-        super().__init__()
-        self.engine = engine
-        self.call_id = call_id
-        self.wav = wav
-
-    def onEof2(self) -> None:
-        self.engine._inbox.put(("play_done", self))
-
-
-class _Call(pj.Call):  # type: ignore[misc]
-    def __init__(self, engine: SipEngine, account: Any, role: str, pj_id: int = -1) -> None:
-        if pj_id == -1:
-            super().__init__(account)
-        else:
-            super().__init__(account, pj_id)
-        self.engine = engine
-        self.role = role  # "out" | "agent" | "inbound"
-        self.record: _Record | None = None
-        # RTP pinning (sip.rtpguard): "open" -> "closed" (first SDP) -> "pinned" | "watched"
-        self.rtp_state = "open"
-        self.rtp_remote: str | None = None  # the negotiated "ip:port"
-        self.rtp_media = 0
-        self.rtp_foreign = False
-
-    def onCallState(self, prm: Any) -> None:
-        self.engine._on_call_state(self, time.time(), time.monotonic())
-
-    def onCallSdpCreated(self, prm: Any) -> None:
-        self.engine._on_sdp_created(self, prm.sdp.wholeSdp)
-
-    def onStreamPreCreate(self, prm: Any) -> None:
-        self.engine._pin_media(self, prm.streamIdx, prm.streamInfo)
-
-    def onCallMediaState(self, prm: Any) -> None:
-        self.engine._on_media_state(self)
-
-    def onCallTransferRequest(self, prm: Any) -> None:
-        # A REFER from the far end must never make us dial (toll fraud): decline it.
-        prm.statusCode = 603
-        self.engine._emit(
-            "error",
-            call_id=self.record.call_id if self.record else None,
-            message=f"declined a REFER from the far end to {prm.dstUri}",
-        )
-
-    def onCallReplaceRequest(self, prm: Any) -> None:
-        # An INVITE with Replaces naming this call's dialog would take it over (pjsua's
-        # default answers 200 and BYEs our callee): whoever learnt the dialog ids could
-        # hijack a billed call. Nobody may replace our calls.
-        prm.statusCode = 603
-        prm.reason = "Decline"
-        self.engine._emit(
-            "inbound_rejected",
-            status=603,
-            call_id=self.record.call_id if self.record else None,
-            reason="INVITE with Replaces",
-            **{"from": "", "to": ""},
-        )
-
-    def onCallTransferStatus(self, prm: Any) -> None:
-        prm.cont = True
-        self.engine._on_transfer_status(self, prm.statusCode, prm.reason, prm.finalNotify)
-
-
-class _Account(pj.Account):  # type: ignore[misc]
-    def __init__(self, engine: SipEngine, trunk: TrunkConfig | None) -> None:
-        super().__init__()
-        self.engine = engine
-        self.trunk = trunk
-
-    def onIncomingCall(self, prm: Any) -> None:
-        self.engine._on_incoming(self, prm.callId)
-
-    def onIncomingSubscribe(self, prm: Any) -> None:
-        # pjsua's presence server would accept anyone's SUBSCRIBE and send NOTIFYs to any
-        # Contact (reflection). A campaign line publishes no presence.
-        prm.code = 403
-        prm.reason = "Forbidden"
-
-    def onRegState(self, prm: Any) -> None:
-        if self.trunk is not None:
-            self.engine._emit(
-                "registration",
-                trunk=self.trunk.name,
-                status=prm.code,
-                reason=prm.reason,
-                expires=prm.expiration,
-                ok=200 <= prm.code < 300 and prm.expiration > 0,
-            )
-
-
-class _Endpoint(pj.Endpoint):  # type: ignore[misc]
-    def __init__(self, engine: SipEngine) -> None:
-        super().__init__()
-        self.engine = engine
-
-    def onRejectedIncomingCall(self, prm: Any) -> None:
-        self.engine._emit(
-            "inbound_rejected",
-            status=prm.statusCode,
-            **{"from": prm.remoteInfo, "to": prm.localInfo},
-        )
-
-
-@dataclass
-class _Record:
-    """One outbound call we own, with its agent leg and media."""
-
-    call_id: str
-    call: _Call
-    trunk: TrunkConfig
-    account: _Account
-    deadline: float
-    answered: bool = False
-    ringing: bool = False
-    hangup_by: str | None = None
-    timeout: bool = False
-    audio: Any = None
-    tap: _Tap | None = None
-    player: _Player | None = None
-    pending_wav: str | None = None
-    agent: _Call | None = None
-    agent_audio: Any = None
-    agent_answered: bool = False
-    agent_ringing: bool = False
-    transfer_mode: str | None = None
-    agent_deadline: float = 0.0
-    bridged: bool = False
-    rx_frames: int = 0
-    rx_voiced: int = 0
-    finished: bool = False
-    listen: list[str] | None = None  # phrases: analyse the callee's audio (FrameConsumer)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class SipEngine:
+class SipEngine(TransferMixin, MediaMixin, StartupMixin, EngineBase):
     def __init__(
         self, config: LineConfig, emit: Emit, consumer: FrameConsumer | None = None
     ) -> None:
-        if len(config.trunks) > MAX_ACCOUNTS - 1:
-            raise SipSetupError(f"a line carries at most {MAX_ACCOUNTS - 1} trunks")
-        self.config = config
-        self._emit_raw = emit
-        self.consumer = consumer
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        super().__init__(config, emit, consumer)
         self._thread = threading.Thread(target=self._run, name=f"sip-{config.name}", daemon=True)
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._stopping = False
-        self.sip_port = 0
-        # SIP-thread state
-        self._ep: Any = None
-        self._accounts: dict[str, _Account] = {}
-        self._local_account: _Account | None = None
-        self._records: dict[str, _Record] = {}
-        self._live: set[_Call] = set()
-        self._retired: list[_Call] = []
-        self._idle_taps: list[_Tap] = []
-        self._all_taps: list[_Tap] = []
-        self._players: set[_Player] = set()
-        self._to_reject: list[_Call] = []  # inbound calls, rejected on the next turn
-        self._watch_turn = 0
-        self._sip_sources: list[Network] = []  # who may send us SIP requests
-        self._agent_sources: list[Network] = []
-        self._filtered_ports: list[tuple[int, socket.SocketKind]] = []
-        self._outbox: list[dict[str, Any]] = []
-        self._log_writer: LogWriter | None = None  # owned by the Endpoint once handed over
 
     # -- other threads --------------------------------------------------------------------
 
@@ -345,24 +92,6 @@ class SipEngine:
         self._thread.join(timeout)
 
     # -- the SIP thread -------------------------------------------------------------------
-
-    @property
-    def _taps_wanted(self) -> bool:
-        return self.consumer is not None or self.config.measure_audio
-
-    @property
-    def free_slots(self) -> int:
-        return MAX_CALLS - len(self._live)
-
-    def _emit(self, name: str, **fields: Any) -> None:
-        fields.setdefault("at", time.time())
-        fields.setdefault("mono", time.monotonic())  # what billing runs on: no clock steps
-        self._outbox.append(event(name, free=self.free_slots, **fields))
-
-    def _flush(self) -> None:
-        if self._outbox:
-            batch, self._outbox = self._outbox, []
-            self._emit_raw(batch)
 
     def _run(self) -> None:
         try:
@@ -388,165 +117,6 @@ class SipEngine:
             self._teardown()
             os._exit(70)  # the pool sees the exit, reports the calls, starts a new line
         self._teardown()
-
-    def _setup(self) -> None:
-        vector_bytes(pj.ByteVector())  # choose the frame reader here, not on the clock thread
-        cfg = self.config
-        self._ep = _Endpoint(self)
-        # pjsip's own log: through structlog from libCreate on, never raw on stderr
-        level = cfg.log_level if cfg.log_level is not None else pjsip_produced(cfg.log_threshold)
-        pjsip_log = PjsipLog(line=cfg.name)
-        log_early(pjsip_log, level)
-        self._log_writer = LogWriter(pjsip_log)
-        self._log_writer.__disown__()  # libDestroy deletes it: Python must not as well
-        ep = create_endpoint(self._ep, level, TAP_CLOCK_RATE, cfg.user_agent, self._log_writer)
-        transports = add_transports(
-            ep,
-            cfg.bind_address,
-            cfg.sip_port,
-            tcp=cfg.tcp,
-            tls_cert_file=cfg.tls_cert_file,
-            tls_key_file=cfg.tls_key_file,
-            tls_port=cfg.tls_port,
-        )
-        self.sip_port = transports.udp_port
-        self._filtered_ports = [(self.sip_port, socket.SOCK_DGRAM)]
-        if transports.tcp:
-            self._filtered_ports.append((self.sip_port, socket.SOCK_STREAM))
-        if transports.tls_port:
-            self._filtered_ports.append((transports.tls_port, socket.SOCK_STREAM))
-        self._sip_sources = self._configured_sources()
-        self._apply_source_filter()
-        ep.libStart()
-        ep.audDevManager().setNullDev()
-        set_codec_priorities(ep, cfg.codecs)
-        self._local_account = self._make_account(None)
-        for trunk in cfg.trunks:
-            self._accounts[trunk.name] = self._make_account(trunk)
-        fmt = pj.MediaFormatAudio()
-        fmt.type = pj.PJMEDIA_TYPE_AUDIO
-        fmt.init(pj.PJMEDIA_FORMAT_PCM, TAP_CLOCK_RATE, 1, 20_000, 16)
-        # A tap in the bridge is called every 20 ms even unconnected: none unless wanted.
-        for n in range(MAX_CALLS if self._taps_wanted else 0):
-            tap = _Tap(self.consumer, cfg.measure_audio)
-            tap.createPort(f"tap{n}", fmt)
-            self._all_taps.append(tap)
-        self._idle_taps = list(self._all_taps)
-        names = (
-            ["udp"] + (["tcp"] if transports.tcp else []) + (["tls"] if transports.tls_port else [])
-        )
-        self._emit("ready", sip_port=self.sip_port, transports=names, tls_port=transports.tls_port)
-
-    # -- who may send us SIP (sip.sockfilter) -------------------------------------------
-
-    def _configured_sources(self) -> list[Network]:
-        """The trunks' and proxies' addresses, plus the configured ``allow_from``."""
-        cfg = self.config
-        found: list[Network] = []
-        for entry in cfg.allow_from:
-            try:
-                found += parse_networks([entry])
-            except ValueError:
-                found += self._resolve(entry, "allow_from entry")
-        for trunk in cfg.trunks:
-            found += self._resolve(_bare_host(trunk.uri), f"trunk {trunk.name}")
-            if trunk.outbound_proxy:
-                found += self._resolve(_bare_host(trunk.outbound_proxy), f"proxy of {trunk.name}")
-        return found
-
-    def _resolve(self, host: str, what: str) -> list[Network]:
-        found = resolve_ipv4(host)
-        if not found:
-            self._emit(
-                "error", message=f"cannot resolve {what} {host[:60]!r}: its requests are dropped"
-            )
-        return found
-
-    def _allow_agent(self, uri: str) -> None:
-        """Agents we dial send their BYE and re-INVITEs from their own address."""
-        new = [n for n in resolve_ipv4(_bare_host(uri)) if n not in self._agent_sources]
-        if new:
-            self._agent_sources = (self._agent_sources + new)[-MAX_AGENT_SOURCES:]
-            self._apply_source_filter()
-
-    def _apply_source_filter(self) -> None:
-        if not self.config.filter_sources:
-            return
-        sources = list(dict.fromkeys(self._sip_sources + self._agent_sources))
-        address = self.config.bind_address
-        for port, kind in self._filtered_ports:
-            program = (
-                sip_udp_program(sources) if kind == socket.SOCK_DGRAM else tcp_program(sources)
-            )
-            socks = own_sockets(port, kind, address if address != "0.0.0.0" else None)
-            if not socks:
-                raise SipSetupError(f"cannot find the SIP socket on port {port} to filter it")
-            for sock in socks:
-                try:
-                    attach(sock, program)
-                finally:
-                    sock.close()
-
-    def _make_account(self, trunk: TrunkConfig | None) -> _Account:
-        cfg = self.config
-        acfg = pj.AccountConfig()
-        acfg.mediaConfig.transportConfig = media_transport(
-            cfg.rtp_port, cfg.rtp_port_range, cfg.bind_address
-        )
-        acfg.mediaConfig.lockCodecEnabled = False  # no re-INVITE right after the answer
-        if trunk is None:
-            acfg.idUri = f"sip:{cfg.name}@{cfg.bind_address}:{self.sip_port}"
-            acfg.priority = 0
-        else:
-            user = trunk.caller_id or trunk.username or "dialer"
-            acfg.idUri = f"sip:{user}@{_host_of(trunk.uri)}"
-            acfg.priority = 1
-            if trunk.registers:
-                acfg.regConfig.registrarUri = registrar_uri(trunk)
-                acfg.regConfig.timeoutSec = trunk.register_expires
-                acfg.regConfig.registerOnAdd = True
-            else:
-                acfg.regConfig.registrarUri = ""
-                acfg.regConfig.registerOnAdd = False
-            if trunk.outbound_proxy:
-                acfg.sipConfig.proxies.append(trunk.outbound_proxy)
-            if trunk.username:
-                acfg.sipConfig.authCreds.append(
-                    pj.AuthCredInfo("digest", trunk.realm, trunk.username, 0, trunk.password or "")
-                )
-        account = _Account(self, trunk)
-        try:
-            account.create(acfg, trunk is None)
-        except pj.Error as exc:
-            name = trunk.name if trunk else "local"
-            raise SipSetupError(
-                f"cannot create SIP account for trunk {name}: {exc.info()}"
-            ) from None
-        return account
-
-    def _drop_retired(self) -> None:
-        """Dropped here, outside their callbacks, on this thread, cycles cut first.
-
-        Never while another live call holds the same pjsua slot: pjsua2's ~Call clears
-        the slot's user data and hangs up whatever call is in it (pjproject #3856), so a
-        slot reused during the last poll (inbound INVITEs arrive in bursts) would lose
-        the new call's callbacks and leave it in ``_live`` for good (measured: a flood of
-        200 INVITEs left all 4 slots dead). A retired call waits for its slot to free up.
-        So this runs right before anything can reuse a slot (makeCall, the next poll):
-        under load a slot is almost never free at the start of a turn, and waiting for
-        that piled up thousands of retired calls (measured: +16 MiB per line, pool
-        throughput 92% -> 79% of bare pjsua2).
-        """
-        if not self._retired:
-            return
-        busy = {call.getId() for call in self._live}
-        waiting: list[_Call] = []
-        for call in self._retired:
-            if call.getId() in busy:
-                waiting.append(call)
-            else:
-                call.record = None
-        self._retired = waiting
 
     def _take_inbox(self) -> Iterator[Any]:
         """What other threads queued since the last turn."""
@@ -627,7 +197,7 @@ class SipEngine:
         prm = pj.CallOpParam(True)
         caller = cmd.caller_id or trunk.caller_id
         if caller:
-            prm.txOption.localUri = f"sip:{caller}@{_host_of(trunk.uri)}"
+            prm.txOption.localUri = f"sip:{caller}@{host_of(trunk.uri)}"
         for name, value in {**trunk.headers, **cmd.headers}.items():
             header = pj.SipHeader()
             header.hName = name
@@ -647,13 +217,6 @@ class SipEngine:
             self._emit("refused", call_id=cmd.call_id, reason=exc.info(), retry=retry)
             return
         self._emit("accepted", call_id=cmd.call_id)
-
-    def _hangup(self, record: _Record, by: str) -> None:
-        if record.hangup_by is None:
-            record.hangup_by = by
-        prm = pj.CallOpParam(True)
-        with contextlib.suppress(pj.Error):  # already disconnecting
-            record.call.hangup(prm)
 
     # -- call state -----------------------------------------------------------------------
 
@@ -716,293 +279,6 @@ class SipEngine:
                 by=record.hangup_by or "remote",
                 timeout=record.timeout,
             )
-
-    def _retire(self, call: _Call) -> None:
-        if call in self._live:
-            self._live.discard(call)
-            self._retired.append(call)
-
-    # -- media ----------------------------------------------------------------------------
-
-    def _on_media_state(self, call: _Call) -> None:
-        record = call.record
-        if record is None or record.finished:
-            return
-        try:
-            audio = call.getAudioMedia(-1)  # the first active audio (cheaper than getInfo)
-        except pj.Error:
-            return  # no active audio (yet, or on hold)
-        if call.role == "agent":
-            record.agent_audio = audio
-            if record.agent_answered:
-                self._bridge(record)
-        else:
-            record.audio = audio
-            self._attach_tap(record)
-            if record.pending_wav and record.answered:
-                self._play(record, record.pending_wav)
-
-    def _on_sdp_created(self, call: _Call, sdp: str) -> None:
-        """The call's first SDP: its RTP sockets were just bound and nobody should send
-        to them before the answer says who the callee is. Later SDPs (re-INVITEs) find
-        the call pinned already."""
-        if call.role == "inbound" or call.rtp_state != "open":
-            return
-        ports = local_ports(sdp)
-        if ports and close_ports(ports):
-            call.rtp_state = "closed"
-
-    def _pin_media(self, call: _Call, media: int, info: Any) -> None:
-        """SDP negotiated, pjmedia's stream not created yet: only the negotiated address
-        may send RTP from now on (again after a re-INVITE that changes it)."""
-        if call.role == "inbound":
-            return
-        remote_text = str(info.remoteRtpAddress)
-        call.rtp_remote, call.rtp_media = remote_text, media
-        try:
-            local = call.getMedTransportInfo(media)
-        except pj.Error:
-            local = None
-        remote = host_port(remote_text)
-        ports = (host_port(local.localRtpName), host_port(local.localRtcpName)) if local else ()
-        if remote is not None and len(ports) == 2 and ports[0] and ports[1]:
-            rtcp = host_port(str(info.remoteRtcpAddress)) or (remote[0], remote[1] + 1)
-            if pin(ports[0][1], ports[1][1], remote, rtcp):
-                call.rtp_state = "pinned"
-                return
-        call.rtp_state = "watched"
-        record = call.record
-        self._emit(
-            "error",
-            call_id=record.call_id if record else None,
-            security="rtp",
-            message=f"cannot restrict RTP to {remote_text}: only watching where it comes from",
-        )
-
-    def _watch_media(self) -> None:
-        """Where did the last RTP come from? Only a call the kernel filter could not pin
-        (or a socket pjmedia re-created) can hear a stranger; from then on its tap is deaf
-        (frames within the turn before may have passed). Every turn for a call that is
-        only watched; every WATCH_PINNED_TURNS for pinned ones (the check is defence in
-        depth there, and per turn it cost more than the filters: measured)."""
-        self._watch_turn = (self._watch_turn + 1) % WATCH_PINNED_TURNS
-        for record in self._records.values():
-            for call in (record.call, record.agent):
-                if call is None or call.rtp_remote is None or call.rtp_foreign:
-                    continue
-                if call.rtp_state == "pinned" and self._watch_turn:
-                    continue
-                try:
-                    source = call.getMedTransportInfo(call.rtp_media).srcRtpName
-                except pj.Error:
-                    continue
-                if not source or source == call.rtp_remote:
-                    continue
-                call.rtp_foreign = True
-                if call is record.call and record.tap is not None:
-                    record.tap.blocked = True
-                leg = "the callee's" if call is record.call else "the agent's"
-                self._emit(
-                    "error",
-                    call_id=record.call_id,
-                    security="rtp",
-                    message=f"RTP from {source} on {leg} leg, negotiated {call.rtp_remote}: "
-                    "its audio is ignored",
-                )
-
-    def _attach_tap(self, record: _Record) -> None:
-        # A Python tap costs ~0.7% of a core per call (a callback every 20 ms): only when
-        # someone listens (the call asked for it, or measure_audio for QA).
-        if record.listen is None and not self.config.measure_audio:
-            return
-        if not record.answered:
-            return  # early media (ringback, 183 announcements) is not the callee answering
-        if record.tap is None and self._idle_taps and record.audio is not None:
-            tap = self._idle_taps.pop()
-            tap.frames = tap.voiced = 0
-            tap.blocked = record.call.rtp_foreign
-            tap.call_id = record.call_id
-            record.tap = tap
-            tap.consumer = self.consumer if record.listen is not None else None
-            if tap.consumer is not None and record.listen is not None:
-                with contextlib.suppress(Exception):
-                    tap.consumer.call_started(record.call_id, TAP_CLOCK_RATE, record.listen)
-            record.audio.startTransmit(tap)
-
-    def _detach_tap(self, record: _Record) -> None:
-        tap = record.tap
-        if tap is None:
-            return
-        record.tap = None
-        record.rx_frames += tap.frames
-        record.rx_voiced += tap.voiced
-        tap.call_id = None
-        consumer, tap.consumer = tap.consumer, None
-        if record.audio is not None:
-            with contextlib.suppress(pj.Error):
-                record.audio.stopTransmit(tap)
-        self._idle_taps.append(tap)
-        if consumer is not None:
-            with contextlib.suppress(Exception):
-                consumer.call_ended(record.call_id)
-
-    def _release_media(self, record: _Record) -> None:
-        self._stop_play(record)
-        self._detach_tap(record)
-        record.audio = None
-        record.agent_audio = None
-
-    def _play(self, record: _Record, wav: str) -> None:
-        if record.bridged:
-            self._emit(
-                "error", call_id=record.call_id, message="cannot play: the caller is with an agent"
-            )
-            return
-        if record.audio is None or not record.answered:
-            record.pending_wav = wav  # plays as soon as the call has audio
-            return
-        record.pending_wav = None
-        self._stop_play(record)
-        player = _Player(self, record.call_id, wav)
-        try:
-            player.createPlayer(wav, pj.PJMEDIA_FILE_NO_LOOP)
-        except pj.Error as exc:
-            self._emit("error", call_id=record.call_id, message=f"cannot play {wav}: {exc.reason}")
-            return
-        self._players.add(player)
-        record.player = player
-        if not record.bridged:
-            player.startTransmit(record.audio)
-
-    def _stop_play(self, record: _Record) -> None:
-        record.pending_wav = None
-        player, record.player = record.player, None
-        if player is not None:
-            if record.audio is not None:
-                with contextlib.suppress(pj.Error):
-                    player.stopTransmit(record.audio)
-            self._players.discard(player)
-
-    def _play_done(self, player: _Player) -> None:
-        record = self._records.get(player.call_id)
-        if record is not None and record.player is player:
-            self._stop_play(record)
-            self._emit("play_done", call_id=player.call_id, wav=player.wav)
-
-    # -- transfers ------------------------------------------------------------------------
-
-    def _transfer(self, record: _Record, cmd: Transfer) -> None:
-        if not record.answered or record.transfer_mode is not None:
-            why = "the call is not answered" if not record.answered else "a transfer is under way"
-            self._emit("error", call_id=record.call_id, message=f"cannot transfer: {why}")
-            return
-        record.agent_deadline = time.monotonic() + cmd.ring_timeout
-        record.transfer_mode = cmd.mode
-        record.agent_ringing = record.agent_answered = False
-        if cmd.mode == "refer":
-            record.call.xfer(cmd.agent_uri, pj.CallOpParam(True))
-            return
-        if self.free_slots <= 0:
-            record.transfer_mode = None
-            self._emit(
-                "agent_failed", call_id=record.call_id, status=503, reason="no free line slot"
-            )
-            return
-        self._allow_agent(cmd.agent_uri)
-        self._drop_retired()
-        agent = _Call(self, record.account, "agent")
-        agent.record = record
-        record.agent = agent
-        self._live.add(agent)
-        try:
-            agent.makeCall(cmd.agent_uri, pj.CallOpParam(True))
-        except pj.Error as exc:
-            record.agent = None
-            record.transfer_mode = None
-            self._live.discard(agent)
-            self._retired.append(agent)
-            self._emit("agent_failed", call_id=record.call_id, status=0, reason=exc.info())
-
-    def _on_agent_state(self, call: _Call, record: _Record | None, ci: Any) -> None:
-        state = ci.state
-        current = record is not None and record.agent is call and not record.finished
-        if state == pj.PJSIP_INV_STATE_DISCONNECTED:
-            self._retire(call)
-        if not current or record is None:
-            return
-        if state == pj.PJSIP_INV_STATE_EARLY and not record.agent_ringing:
-            record.agent_ringing = True
-            self._emit("agent_ringing", call_id=record.call_id, status=ci.lastStatusCode)
-        elif state == pj.PJSIP_INV_STATE_CONFIRMED and not record.agent_answered:
-            record.agent_answered = True
-            self._emit("agent_answered", call_id=record.call_id, mode="bridge")
-            if record.agent_audio is not None:
-                self._bridge(record)
-        elif state == pj.PJSIP_INV_STATE_DISCONNECTED:
-            answered = record.agent_answered
-            self._unbridge(record)
-            record.agent = None
-            record.transfer_mode = None
-            if answered:
-                self._emit("agent_ended", call_id=record.call_id)
-            else:
-                self._emit(
-                    "agent_failed",
-                    call_id=record.call_id,
-                    status=ci.lastStatusCode,
-                    reason=ci.lastReason,
-                )
-
-    def _give_up_transfer(self, record: _Record) -> None:
-        """No agent within the transfer's ring timeout (or no final NOTIFY): the caller
-        stays with the bot."""
-        if record.transfer_mode == "bridge" and record.agent is not None:
-            agent, record.agent = record.agent, None
-            with contextlib.suppress(pj.Error):
-                agent.hangup(pj.CallOpParam(True))  # CANCEL; its DISCONNECTED is ignored
-        record.transfer_mode = None
-        self._emit(
-            "agent_failed",
-            call_id=record.call_id,
-            status=408,
-            reason="agent did not answer in time",
-        )
-
-    def _bridge(self, record: _Record) -> None:
-        if record.bridged or record.audio is None or record.agent_audio is None:
-            return
-        self._stop_play(record)  # the bot stops talking
-        self._detach_tap(record)  # and stops listening: speech is not in use
-        record.audio.startTransmit(record.agent_audio)
-        record.agent_audio.startTransmit(record.audio)
-        record.bridged = True
-
-    def _unbridge(self, record: _Record) -> None:
-        if not record.bridged:
-            return
-        record.bridged = False
-        with contextlib.suppress(pj.Error):
-            record.audio.stopTransmit(record.agent_audio)
-        with contextlib.suppress(pj.Error):
-            record.agent_audio.stopTransmit(record.audio)
-        record.agent_audio = None
-        self._attach_tap(record)  # the caller is back with the bot
-
-    def _on_transfer_status(self, call: _Call, status: int, reason: str, final: bool) -> None:
-        record = call.record
-        if record is None or record.finished or record.transfer_mode != "refer":
-            return
-        if not final:
-            if 180 <= status < 200 and not record.agent_ringing:
-                record.agent_ringing = True
-                self._emit("agent_ringing", call_id=record.call_id, status=status)
-            return
-        record.transfer_mode = None
-        if 200 <= status < 300:
-            self._emit("agent_answered", call_id=record.call_id, mode="refer")
-            self._hangup(record, "transfer")
-        else:
-            self._emit("agent_failed", call_id=record.call_id, status=status, reason=reason)
 
     # -- inbound --------------------------------------------------------------------------
 
@@ -1095,3 +371,6 @@ class SipEngine:
         for item in self._take_inbox():
             if isinstance(item, tuple) and item[0] == "play_done":
                 self._play_done(item[1])
+
+
+__all__ = ["Emit", "FrameConsumer", "SipEngine", "dial_uri", "registrar_uri"]

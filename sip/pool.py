@@ -28,18 +28,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 
 from sip.endpoint import MAX_CALLS
-from sip.errors import SipError
+from sip.errors import (
+    DialOutcomeUnknown,
+    DialRefused,
+    PoolClosed,
+    PoolError,
+    PoolFull,
+    UnknownCall,
+)
 from sip.events import (
     Accepted,
     Error,
@@ -53,19 +57,17 @@ from sip.events import (
     Refused,
     decode,
 )
+from sip.lines import STOP_TIMEOUT, _Line, spawn
 from sip.logs import current_settings
 from sip.protocol import (
-    PARENT_ENV,
     Configure,
     Dial,
     LineConfig,
     Play,
     ProtocolError,
-    Shutdown,
     StopPlay,
     Transfer,
     TrunkConfig,
-    encode,
 )
 from sip.protocol import Hangup as HangupCommand
 
@@ -73,34 +75,9 @@ log = structlog.get_logger("sip.pool")
 
 START_TIMEOUT = 20.0
 ACK_TIMEOUT = 10.0
-STOP_TIMEOUT = 10.0
 RESTART_DELAY = 0.5
 PORT_WAIT = 10.0  # a line's SIP port still held (a dead worker's line on its way out)
 PORT_RETRY = 0.25
-
-
-class PoolError(SipError):
-    """A pool request that cannot be carried out; the message names the problem."""
-
-
-class PoolClosed(PoolError):
-    """The pool is closed and every event it had has been read."""
-
-
-class PoolFull(PoolError):
-    pass
-
-
-class DialRefused(PoolError):
-    pass
-
-
-class DialOutcomeUnknown(PoolError):
-    """The line never acknowledged the dial and was killed: the INVITE may have left."""
-
-
-class UnknownCall(PoolError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -146,33 +123,6 @@ class PoolConfig:
             filter_sources=self.filter_sources,
             user_agent=self.user_agent,
         )
-
-
-@dataclass
-class _Line:
-    index: int
-    config: LineConfig
-    process: asyncio.subprocess.Process | None = None
-    free: int = 0
-    pending: int = 0  # dials sent, not yet accepted or refused
-    calls: set[str] = field(default_factory=set)
-    acks: dict[str, asyncio.Future[Accepted | Refused]] = field(default_factory=dict)
-    outbox: list[bytes] = field(default_factory=list)
-    ready: asyncio.Future[Ready] | None = None
-    reader: asyncio.Task[None] | None = None
-    alive: bool = False
-    sip_port: int = 0
-    restarts: int = 0
-    restarting: bool = False
-    stale: bool = False  # runs an older trunk set: no new calls, replaced once idle
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def room(self) -> int:
-        return self.free - self.pending if self.alive and not self.stale else 0
 
 
 class LinePool:
@@ -227,14 +177,8 @@ class LinePool:
                 task.add_done_callback(self._restarting.discard)
 
     async def _replace(self, line: _Line) -> None:
-        process = line.process
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(PoolError):
-                self._send(line, Shutdown())
-            self._flush(line)
-            if process.stdin is not None:
-                process.stdin.close()
-        await self._wait_exit(line)  # its ports are free again
+        line.ask_to_stop()
+        await line.wait_exit()  # its ports are free again
         try:
             await self._start(line)
         except (PoolError, OSError) as exc:
@@ -272,18 +216,7 @@ class LinePool:
 
     async def _start_once(self, line: _Line) -> None:
         line.stale = False  # the config sent below is the current one
-        line.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sip.line",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=None,
-            limit=1 << 20,
-            start_new_session=True,  # a Ctrl-C to the orchestrator is not a kill of its lines
-            # the line ends itself when this process dies (sip/line.py: parent death)
-            env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())},
-        )
+        line.process = await spawn()
         line.ready = asyncio.get_running_loop().create_future()
         line.free = line.pending = 0
         line.outbox = []
@@ -307,29 +240,10 @@ class LinePool:
         for task in self._restarting:
             task.cancel()
         for line in self._lines:
-            if line.process is not None and line.process.returncode is None:
-                with contextlib.suppress(PoolError):
-                    self._send(line, Shutdown())
-                self._flush(line)
-                if line.process.stdin is not None:
-                    line.process.stdin.close()
-        await asyncio.gather(*(self._wait_exit(line) for line in self._lines))
+            line.ask_to_stop()
+        await asyncio.gather(*(line.wait_exit() for line in self._lines))
         self._closed = True
         self._arrived.set()
-
-    async def _wait_exit(self, line: _Line) -> None:
-        process = line.process
-        if process is None:
-            return
-        try:
-            await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-        except TimeoutError:
-            log.warning("line did not stop; killing it", line=line.name)
-            process.kill()
-            await process.wait()
-        if line.reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await line.reader
 
     # -- commands -------------------------------------------------------------------------
 
@@ -449,21 +363,7 @@ class LinePool:
         return line
 
     def _send(self, line: _Line, message: Any) -> None:
-        """Queue a command; one write per line per loop iteration carries all queued ones
-        (measured: a pipe write per command was the orchestrator's largest cost)."""
-        process = line.process
-        if process is None or process.stdin is None or process.stdin.is_closing():
-            raise PoolError(f"{line.name} is not running")
-        line.outbox.append(encode(message))
-        if len(line.outbox) == 1:
-            asyncio.get_running_loop().call_soon(self._flush, line)
-
-    def _flush(self, line: _Line) -> None:
-        data, line.outbox = b"".join(line.outbox), []
-        process = line.process
-        stdin = process.stdin if process is not None else None
-        if data and stdin is not None and not stdin.is_closing():
-            stdin.write(data)
+        line.send(message)
 
     def _forget(self, line: _Line, call_id: str) -> None:
         line.calls.discard(call_id)
@@ -576,6 +476,8 @@ class LinePool:
 
 __all__ = [
     "MAX_CALLS",
+    "STOP_TIMEOUT",
+    "DialOutcomeUnknown",
     "DialRefused",
     "LinePool",
     "PoolClosed",

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sip.protocol import TrunkConfig
 
 MAX_URI = 255  # the width of the URI columns (dialer_trunk.uri, dialer_campaign.agent_uri)
 MAX_USERNAME = 128  # dialer_trunk.username
@@ -115,3 +119,36 @@ def check_sip_uri(value: str, what: str = "SIP URI") -> str:
         if not _PARAM.fullmatch(name) or ("=" in param and not _PARAM.fullmatch(val)):
             raise ValueError(f"{what} {_cut(value)}: bad parameter {_cut(param)}")
     return value
+
+
+# -- URIs a line builds from its trunks ------------------------------------------------
+
+
+def dial_uri(trunk: TrunkConfig, to: str) -> str:
+    """sip:NUMBER@host[:port][;params] from the trunk URI; a full SIP URI passes through."""
+    if to.startswith(("sip:", "sips:")):
+        return to
+    scheme, _, rest = trunk.uri.partition(":")
+    host = rest.split("@", 1)[1] if "@" in rest else rest
+    return f"{scheme}:{to}@{host}"
+
+
+def registrar_uri(trunk: TrunkConfig) -> str:
+    """The trunk URI without a user part: sip:host[:port][;params]."""
+    scheme, _, rest = trunk.uri.partition(":")
+    return f"{scheme}:{rest.split('@', 1)[1] if '@' in rest else rest}"
+
+
+def host_of(uri: str) -> str:
+    """The host[:port] of a SIP URI."""
+    rest = uri.partition(":")[2]
+    rest = rest.split("@", 1)[1] if "@" in rest else rest
+    return rest.split(";", 1)[0]
+
+
+def bare_host(uri: str) -> str:
+    """The host of a SIP URI, without port or brackets."""
+    host = host_of(uri)
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
