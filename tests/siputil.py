@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import random
 import re
 import socket
 import subprocess
@@ -19,8 +20,11 @@ from sip.pool import LinePool, PoolConfig
 from sip.protocol import TrunkConfig
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scripts" / "sipp"
-# a fresh RTP range per pool or simulator; 500 ports apart: room for 5 lines of 100 each
-_next_rtp = itertools.cycle(range(20000, 60000, 500))
+# a fresh RTP range per pool or simulator; 500 ports apart: room for 5 lines of 100 each;
+# from a random start, so two test runs on one host rarely reach for the same ports
+_RTP_RANGES = list(range(20000, 60000, 500))
+_first = random.randrange(len(_RTP_RANGES))
+_next_rtp = itertools.cycle(_RTP_RANGES[_first:] + _RTP_RANGES[:_first])
 
 
 def free_port() -> int:
