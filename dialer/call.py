@@ -27,7 +27,7 @@ wall times are only written down (CDR, ledger) and come from the ``Clock`` readi
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +63,7 @@ EPOCH = datetime(1970, 1, 1)
 
 __all__ = [
     "Action",
+    "CallFailed",
     "CallPlan",
     "CallSession",
     "Charge",
@@ -173,6 +174,14 @@ Action = (
 )  # fmt: skip
 
 
+class CallFailed(DialerError):
+    """The call's script failed; ``actions``: what was decided before, still to carry out."""
+
+    def __init__(self, actions: list[Action]) -> None:
+        super().__init__("the call's script failed")
+        self.actions = actions
+
+
 # -- the rules of one call ------------------------------------------------------------------
 
 
@@ -281,7 +290,7 @@ class CallSession:
         due = self.meter.next_due_at()
         if due is not None and now >= due + TICK_GRACE:
             actions += self._charges(self.meter.tick(now), now, clock)
-        actions += self._line(self.run.timer(now), now)
+        actions = self._script(actions, lambda: self.run.timer(now), now)
         if self._transfer_at is not None and now >= self._transfer_at:
             self._transfer_at = None
             if self.plan.agent_uri:
@@ -301,33 +310,38 @@ class CallSession:
         when = stamped or clock.wall_of(at)  # the CDR's times: the line's wall clock
         match event:
             case Speech():
-                return self._line(self.run.speech(event, at), at)
+                return self._script([], lambda: self.run.speech(event, at), at)
             case Ringing():
                 self.cdr["ringing_at"] = when
                 return [self._publish("call.ringing", status=event.status)]
             case Answered():
                 return self._answered(self._meter_time(at), when, clock)
             case PlayDone():
-                return self._line(self.run.play_done(at), at)
+                return self._script([], lambda: self.run.play_done(at), at)
             case AgentAnswered():
                 at = self._meter_time(at)
-                self.run.agent_answered(event.mode)
                 actions: list[Action] = [
                     self._publish("call.transfer", segment="agent", mode=event.mode)
                 ]
                 if event.mode == "bridge":
                     actions += self._charges(self.meter.agent_started(at), at, clock)
-                return actions
+                mode = event.mode
+
+                def with_agent() -> list[LineAction]:
+                    self.run.agent_answered(mode)
+                    return []
+
+                return self._script(actions, with_agent, at)
             case AgentFailed():
                 note = Note("info", "transfer failed", {"status": event.status})
-                return [note, *self._line(self.run.agent_failed(at), at)]
+                return self._script([note], lambda: self.run.agent_failed(at), at)
             case AgentEnded():
                 at = self._meter_time(at)
-                return [
+                actions = [
                     *self._charges(self.meter.agent_ended(at), at, clock),
                     self._publish("call.transfer", segment="bot", mode="bridge"),
-                    *self._line(self.run.agent_ended(at), at),
                 ]
+                return self._script(actions, lambda: self.run.agent_ended(at), at)
             case Error() if event.security:
                 return [Note("warning", "media security", {"kind": event.security,
                                                            "message": event.message})]  # fmt: skip
@@ -336,7 +350,7 @@ class CallSession:
                 block = self.run.block
                 if block is not None and isinstance(block.action, Say):
                     actions.append(ForgetPrompt(self.run.audio.get(block.name, "")))
-                return actions + self._line(self.run.line_error(at), at)
+                return self._script(actions, lambda: self.run.line_error(at), at)
             case Hangup() | Failed() | Interrupted():
                 return self._end(event, self._meter_time(at), when, clock)
         return []
@@ -350,7 +364,7 @@ class CallSession:
         actions: list[Action] = [self._publish("call.answered")]
         actions += self._charges(self.meter.answered(at), at, clock)
         actions += [Record(dict(self.cdr)), Note("info", "answered")]
-        actions += self._line(self.run.answered(at), at)
+        actions = self._script(actions, lambda: self.run.answered(at), at)
         self._hangup_at = at + self.plan.max_call_seconds
         try:
             after = transfer_after(self.plan.attributes)
@@ -420,6 +434,19 @@ class CallSession:
              "end": round(s.end_ms / 1000 + shift, 3)}
             for s in self.meter.segments()
         ]  # fmt: skip
+
+    def _script(
+        self, done: list[Action], step: Callable[[], list[LineAction]], at: float
+    ) -> list[Action]:
+        """``done`` and then what the script's ``step`` asks of the line. A script that
+        fails raises CallFailed carrying ``done``: what was decided before it (an
+        increment due, the answer's record) is still carried out before the call is
+        hung up and settled."""
+        try:
+            commands = step()
+        except Exception as exc:
+            raise CallFailed(done) from exc
+        return done + self._line(commands, at)
 
     def _line(self, commands: list[LineAction], at: float) -> list[Action]:
         """The script's commands for the line, with what they mean for the records."""

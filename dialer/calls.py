@@ -30,6 +30,7 @@ from billing.storage import Database
 from dialer import store
 from dialer.call import (
     Action,
+    CallFailed,
     CallPlan,
     CallSession,
     Charge,
@@ -109,8 +110,11 @@ class Call:
                             self.io.metrics.billing_lag.append(
                                 time.monotonic() - clock.event_time(event)
                             )
-            except Exception:
+            except Exception as exc:
                 log.exception("call session failed: hanging up and settling it")
+                if isinstance(exc, CallFailed):  # what was decided before the script failed
+                    with contextlib.suppress(Exception):
+                        await self._carry_out(exc.actions)
                 with contextlib.suppress(Exception):
                     await self.io.pool.hangup(plan.call_id, "session failed")
                 await self._settle_failed()

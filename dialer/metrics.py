@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -47,8 +46,6 @@ class WorkerView(Protocol):
     db: Database
     ledger: Ledger
     events: Events | None
-    #: None: no MQTT configured; else whether the bridge is connected now
-    mqtt_connected: Callable[[], bool] | None
 
     @property
     def lines(self) -> LinesView: ...
@@ -56,3 +53,7 @@ class WorkerView(Protocol):
     def calls_by_state(self) -> dict[str, int]: ...
 
     def calls_up(self) -> int: ...
+
+    def mqtt_connected(self) -> bool | None:
+        """None: no MQTT configured; else whether the bridge is connected now."""
+        ...

@@ -164,8 +164,9 @@ class OpsServer:
         except Exception as exc:  # any failure is the answer
             database = f"error: {type(exc).__name__}"
         mqtt = "off"
-        if w.mqtt_connected is not None:
-            mqtt = "connected" if w.mqtt_connected() else "disconnected"
+        connected = w.mqtt_connected()
+        if connected is not None:
+            mqtt = "connected" if connected else "disconnected"
         # the dialling loop completes a round every 50 ms when all is well
         since_round = time.monotonic() - w.metrics.last_round
         dialling = "ok" if since_round < STALE_LOOP_SECONDS else f"stalled {since_round:.0f} s"

@@ -83,7 +83,7 @@ async def running_worker(
                 password=mqtt.password.get_secret_value() if mqtt.password else None,
                 tls=mqtt.tls, ca_file=mqtt.ca_file, max_packet=mqtt.max_packet_bytes,
             )  # fmt: skip
-            worker.mqtt_connected = mqtt_bridge.connected.is_set
+            worker.mqtt = mqtt_bridge
             bridge = asyncio.create_task(mqtt_bridge.run(bridge_stop), name="mqtt")
         task = asyncio.create_task(worker.run(stop, drain_seconds))
         endpoints = contextlib.AsyncExitStack()

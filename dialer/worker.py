@@ -22,10 +22,9 @@ import contextlib
 import functools
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import Connection
@@ -48,6 +47,9 @@ from dialer.windows import parse_zone
 from sip.events import InboundRejected, Interrupted, LineDied, LineEvent, Registration
 from sip.pool import DialOutcomeUnknown, DialRefused, LinePool, PoolClosed, PoolError
 from sip.recognizer import private_temp_dir
+
+if TYPE_CHECKING:
+    from dialer.mqtt import MqttBridge
 
 log = structlog.get_logger("dialer.worker")
 
@@ -80,8 +82,7 @@ class Worker:
         self.ring_timeout = ring_timeout
         self.campaign_header = campaign_header  # X-Campaign tells the far end our customer
         self.metrics = WorkerMetrics()
-        #: None: no MQTT; else whether the bridge is connected (set by the runtime)
-        self.mqtt_connected: Callable[[], bool] | None = None
+        self.mqtt: MqttBridge | None = None  # the MQTT bridge, when the runtime made one
         self.ops_port: int | None = None  # the metrics/health endpoints, when configured
         self.liveness: Liveness | None = None  # heartbeat and fence, when the runtime made one
         self.writes = DurableWrites(self.metrics)
@@ -105,6 +106,10 @@ class Worker:
     @property
     def lines(self) -> LinePool:
         return self.pool
+
+    def mqtt_connected(self) -> bool | None:
+        """None: no MQTT configured; else whether the bridge is connected now."""
+        return None if self.mqtt is None else self.mqtt.connected.is_set()
 
     def calls_up(self) -> int:
         return len(self.calls)

@@ -16,6 +16,7 @@ from billing.tariff import Counter, Segment, Tariff, TrunkKind
 from dialer.call import (
     TICK_GRACE,
     Action,
+    CallFailed,
     CallPlan,
     CallSession,
     Charge,
@@ -344,3 +345,26 @@ def test_billing_is_exact_and_there_is_exactly_one_settlement(scenario: Scenario
         assert settled[0].disposition is disposition_of(end)
     if not answered:
         assert not charges(actions)
+
+
+def test_a_failing_script_keeps_what_was_decided_before_it() -> None:
+    """A script bug at the answer or at a timer: the increment due and the answer's record
+    still reach the worker (CallFailed carries them), so the ledger holds what was talked."""
+
+    def broken(*_: object) -> list[Any]:
+        raise RuntimeError("script bug")
+
+    s = session(Tariff(increment_seconds=10))
+    s.run.answered = broken  # type: ignore[method-assign, assignment]
+    with pytest.raises(CallFailed) as failed:
+        s.on_event(ev.Answered(call_id="c-1", mono=100.0), clock(100))
+    kept = failed.value.actions
+    assert [c.debit.increment for c in charges(kept)] == [1, 1]
+    assert any(isinstance(a, Record) for a in kept)
+
+    s = session(Tariff(increment_seconds=10))
+    s.on_event(ev.Answered(call_id="c-1", mono=100.0), clock(100))
+    s.run.timer = broken  # type: ignore[method-assign, assignment]
+    with pytest.raises(CallFailed) as failed:
+        s.on_timer(clock(110.3))
+    assert [c.debit.increment for c in charges(failed.value.actions)] == [2, 2]

@@ -88,7 +88,7 @@ async def test_the_events_of_a_call_arrive_in_order_through_a_flood_of_garbage(
             await make_campaign(database, tmp_path, "spring", "main", [f"{n}," for n in numbers],
                                 max_concurrent=2, cps=5)  # fmt: skip
             async with worker(database, ledger, broker.url) as w:
-                await asyncio.wait_for(w.bridge.connected.wait(), 10)
+                await asyncio.wait_for(w.mqtt.connected.wait(), 10)
                 await change_state(database, ledger.tariff, "spring", Action.START)
                 async with client(broker.url) as flood:
                     for n in range(1000):  # garbage on every command topic while dialing
@@ -97,7 +97,7 @@ async def test_the_events_of_a_call_arrive_in_order_through_a_flood_of_garbage(
                         await flood.publish(topic, b"\x00{not json" * (n % 5), qos=0)
                 await wait_for_state(database, "spring", {"completed"})
                 await asyncio.sleep(1.0)  # the last events and the final status
-                bridge = w.bridge
+                bridge = w.mqtt
             calls = await database.run(lambda c: store.calls_of(c, 1), write=False)
     broker.stop()
     assert bridge.commands >= 1000 and bridge.refused >= 1000
@@ -138,7 +138,7 @@ async def test_the_broker_down_mid_campaign_loses_no_billing_and_no_events(
                 await make_campaign(database, tmp_path, "spring", "main", rows,
                                     max_concurrent=2, cps=5)  # fmt: skip
                 async with worker(database, ledger, broker.url) as w:
-                    await asyncio.wait_for(w.bridge.connected.wait(), 10)
+                    await asyncio.wait_for(w.mqtt.connected.wait(), 10)
                     await change_state(database, ledger.tariff, "spring", Action.START)
                     await wait_until(lambda: any(e["type"] == "call.answered"
                                                  for e in sub.events()))  # fmt: skip
@@ -147,13 +147,13 @@ async def test_the_broker_down_mid_campaign_loses_no_billing_and_no_events(
                     assert len(w.events.buffer) > 0  # waiting for the broker
                     broker.start()
                     await wait_for_state(database, "spring", {"completed"}, within=120)
-                    await asyncio.wait_for(w.bridge.connected.wait(), 30)
+                    await asyncio.wait_for(w.mqtt.connected.wait(), 30)
                     for _ in range(100):
                         if len(w.events.buffer) == 0:
                             break
                         await asyncio.sleep(0.1)
                     await asyncio.sleep(1.0)
-                    bridge, buffer = w.bridge, w.events.buffer
+                    bridge, buffer = w.mqtt, w.events.buffer
                 calls = await database.run(lambda c: store.calls_of(c, 1), write=False)
                 entries = await database.run(
                     lambda c: c.execute(select(ENTRY.c.seconds).where(ENTRY.c.seconds < 0)).all(),
