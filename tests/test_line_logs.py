@@ -233,8 +233,8 @@ def test_the_worker_hands_its_logging_settings_down_to_its_lines(
         assert not any(r["level"] == "debug" for r in logged)
 
         lines = worker(DIALER_LOGGING__LEVEL="debug", DIALER_LOGGING__FORMAT="console")
-        for line in lines:
-            assert CONSOLE.match(line), line
+        for n, line in enumerate(lines):  # the neighbours say where a stray line came from
+            assert CONSOLE.match(line), (line, lines[max(0, n - 3) : n + 3])
         initialized = next(line for line in lines if "pjlib 2.15" in line)
         assert "[debug" in initialized and "line=line0" in initialized
 
