@@ -2,7 +2,7 @@
 
 * pending -> in_progress (CLAIM): one more attempt, leased to the claiming worker. Only a
   pending contact whose ``next_attempt_at`` has come is claimed, in the claim
-  transaction with the balance gate (dialer.store.claim_contacts).
+  transaction with the balance gate (dialer.claims.claim_contacts).
 * pending -> pending (DEFER): outside its calling window; ``next_attempt_at`` moves to the
   window's next opening. No attempt counted.
 * pending -> done (REFUSE): never dialled (the do-not-call list, the number policy); the

@@ -2,7 +2,7 @@
 
 The life of one call (docs/architecture.md): a running campaign (``CampaignCache``), an
 open calling window in the contact's time zone, a pacing token and a free slot -> the
-claim, in one transaction with the balance gate (``store.claim_contacts``) -> the CDR
+claim, in one transaction with the balance gate (``claims.claim_contacts``) -> the CDR
 written, the INVITE sent -> a task per call (``dialer.calls``) feeds the line's events to
 the call's pure ``CallSession`` (``dialer.call``: billing, script, disposition, retry)
 and carries out what it decides -> the settlement releases the contact.
@@ -32,7 +32,7 @@ from sqlalchemy import Connection
 from billing.ledger import BalanceSignal, Ledger, SignalKind
 from billing.period import utcnow
 from billing.storage import Database, DatabaseUnavailable, first_line
-from dialer import store
+from dialer import claims, store
 from dialer.call import CallPlan, CallSession
 from dialer.calls import Call, CallIO, read_clock
 from dialer.campaign_cache import CampaignCache, CampaignView
@@ -252,8 +252,8 @@ class Worker:
         def next_open(zone: str) -> datetime:
             return view.window.next_open(aware, parse_zone(zone)).replace(tzinfo=None)
 
-        def claim(conn: Connection) -> store.ClaimResult:
-            return store.claim_contacts(
+        def claim(conn: Connection) -> claims.ClaimResult:
+            return claims.claim_contacts(
                 conn, row, view.trunk_kind, self.ledger.tariff, self.worker_id, now, want,
                 LEASE_SECONDS, is_open, next_open,
             )  # fmt: skip
@@ -297,7 +297,7 @@ class Worker:
         for contact_id in undialled:
             self._undialled.pop(contact_id, None)
 
-    def _plan(self, view: CampaignView, contact: store.Claimed) -> CallPlan:
+    def _plan(self, view: CampaignView, contact: claims.Claimed) -> CallPlan:
         row = view.row
         return CallPlan(
             call_id=f"{row.name}-{contact.contact_id}-{contact.attempt}-{uuid.uuid4().hex[:6]}",
@@ -308,7 +308,7 @@ class Worker:
             attributes=contact.attributes,
         )  # fmt: skip
 
-    async def _dial(self, view: CampaignView, contact: store.Claimed) -> bool:
+    async def _dial(self, view: CampaignView, contact: claims.Claimed) -> bool:
         """Place one claimed contact's call. False: the line refused it (no INVITE left;
         the contact is given back with the rest of the batch)."""
         row, plan = view.row, self._plan(view, contact)

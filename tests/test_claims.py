@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 from billing.ledger import Ledger
 from billing.storage import Database
 from billing.tariff import Counter, TrunkKind
-from dialer import store
+from dialer import claims, store
 from dialer.campaign_state import Action
 from dialer.campaigns import CampaignSpec, add_trunk, change_state, create_campaign, import_contacts
 
@@ -45,9 +45,9 @@ async def prepared(
 
 def claimer(ledger: Ledger, worker: str, limit: int, now: datetime = NOW,
             open_zone: Any = lambda zone: True, name: str = "spring") -> Any:  # fmt: skip
-    def claim(conn: Connection) -> store.ClaimResult:
+    def claim(conn: Connection) -> claims.ClaimResult:
         campaign = store.campaign_by_name(conn, name)
-        return store.claim_contacts(conn, campaign, TrunkKind.PLATFORM, ledger.tariff, worker,
+        return claims.claim_contacts(conn, campaign, TrunkKind.PLATFORM, ledger.tariff, worker,
                                     now, limit, 60, open_zone,
                                     lambda zone: now + timedelta(hours=3))  # fmt: skip
 
