@@ -5,7 +5,7 @@ In every case the books balance: the ledger's debits = the CDRs' billed seconds 
 connected time the callee's own trace shows, rounded up to the increment; no contact is
 lost (each is done, or waits for a retry its policy allows), none is dialled again after
 a call of it was answered, and each INVITE the callee saw is one CDR.
-(Also in the fault suite: the whole worker SIGKILLed, test_recovery.py; the MQTT broker
+(Also in the fault suite: the whole worker SIGKILLed, test_liveness_process.py; the MQTT broker
 down mid-campaign, test_mqtt_worker.py.)
 """
 

@@ -113,6 +113,11 @@ class Setup:
             if event["event"] == "incoming":
                 invites[event["number"]] = invites.get(event["number"], 0) + 1
         assert max(invites.values()) == 1  # an answered contact is never dialled again
+        # the ledger holds exactly what the CDRs say: nothing charged twice, nothing lost
+        balance = json.loads(self.cli("billing", "balance", "acme", "--json"))
+        billed = sum(r["billed_telephony_seconds"] for r in records)
+        assert balance["counters"]["telephony"]["balance_seconds"] == 300 - billed
+        assert all(r["ended_at"] for r in records)  # every call settled
 
 
 def test_a_killed_worker_without_an_id_is_recovered_by_its_restart(tmp_path: Path) -> None:
