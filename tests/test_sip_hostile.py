@@ -54,8 +54,9 @@ def _dialog_of(uas: Sipp, phone: str) -> tuple[str, str, str]:
 
 
 async def test_late_offers_and_replaces_leave_the_calls_up_alone(
-    db_url: str, tmp_path: Path
+    sqlite_url: str, tmp_path: Path
 ) -> None:
+    # one database: nothing here depends on which (the books are proven on both)
     """While two calls are up on one line, the trunk's own address sends INVITEs without
     SDP (a legal late offer: it used to abort the line process), with SDP, again and
     again, and INVITEs with Replaces naming each live call's dialog (pjsua's default
@@ -89,7 +90,7 @@ async def test_late_offers_and_replaces_leave_the_calls_up_alone(
         uas,
     ):
         outcome = await dial_campaign(
-            db_url, tmp_path, {"main": (uas.uri, numbers)}, max_concurrent=2, cps=10,
+            sqlite_url, tmp_path, {"main": (uas.uri, numbers)}, max_concurrent=2, cps=10,
             during=attack,
         )  # fmt: skip
     assert len(statuses) == 10

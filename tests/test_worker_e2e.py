@@ -49,8 +49,9 @@ def voice(tmp_path: Path) -> Path:
 
 
 async def test_every_call_is_billed_by_the_callees_own_clock(
-    db_url: str, tmp_path: Path, voice: Path
+    pg_url: str, tmp_path: Path, voice: Path
 ) -> None:
+    # one database: nothing here depends on which (the books are proven on both)
     talks = [1.0, 2.0, 3.5, 14.0, 16.5, 1.5, 2.5, 4.0, 1.0, 2.0,
              3.0, 1.0, 2.0, 16.0, 1.0, 2.0, 3.0, 1.0, 2.0, 5.0]  # fmt: skip
     numbers = [f"+1415555{1000 + n}" for n in range(len(talks))]
@@ -59,7 +60,7 @@ async def test_every_call_is_billed_by_the_callees_own_clock(
         for num, talk in zip(numbers, talks, strict=True)
     )
     with simulator(tmp_path, plan) as sim:
-        async with Database(db_url) as database:
+        async with Database(pg_url) as database:
             ledger = Ledger(database)
             await setup_account(database, ledger, sim, "platform", 60)
             await make_campaign(database, tmp_path, "spring", "main",
@@ -171,13 +172,16 @@ async def test_running_out_mid_call(db_url: str, tmp_path: Path, voice: Path) ->
     assert ENTRY is not None
 
 
-async def test_sigterm_drain_and_inbound_calls(db_url: str, tmp_path: Path, voice: Path) -> None:
+async def test_sigterm_drain_and_inbound_calls(
+    sqlite_url: str, tmp_path: Path, voice: Path
+) -> None:
+    # one database: nothing here depends on which (the books are proven on both)
     """Stopping: no new calls; calls up get until the drain deadline, then are hung up and
     settled (billed, CDR written, contact released). An inbound INVITE is recorded."""
     numbers = [f"+1415555{5000 + n}" for n in range(6)]
     plan = "".join(f'[numbers."{n}"]\nring = 0.2\ntalk = 60\nplay = "{voice}"\n\n' for n in numbers)
     with simulator(tmp_path, plan) as sim:
-        async with Database(db_url) as database:
+        async with Database(sqlite_url) as database:
             ledger = Ledger(database)
             await setup_account(database, ledger, sim, "platform", 10)
             await make_campaign(database, tmp_path, "spring", "main", [f"{n}," for n in numbers],

@@ -75,10 +75,11 @@ async def _books_match(database: Database, call: Any) -> None:
 
 
 async def test_a_trunk_added_while_the_worker_runs_is_dialled(
-    db_url: str, tmp_path: Path, voice: Path
+    pg_url: str, tmp_path: Path, voice: Path
 ) -> None:
+    # one database: nothing here depends on which (the books are proven on both)
     with simulator(tmp_path, _plan(voice, {"+14155556001": 1, "+14155556002": 1})) as sim:
-        async with Database(db_url) as database:
+        async with Database(pg_url) as database:
             ledger = Ledger(database)
             await setup_account(database, ledger, sim, "platform", 10)
             await make_campaign(database, tmp_path, "early", "main", ["+14155556001,"], cps=10)
