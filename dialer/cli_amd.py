@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from dialer.classify import classify
 from dialer.cli_common import emit_json, group
 from dialer.script import load_script
 
@@ -26,8 +27,6 @@ def amd_classify(
     ] = False,
 ) -> None:
     """Is it a machine (voicemail, carrier announcement) or a human?"""
-    from dialer.classify import classify  # speech analysis (numpy, pocketsphinx): only here
-
     result = classify(wav, load_script(script, read_prompts=False) if script else None)
     document = result.as_dict()
     if facts:
