@@ -105,11 +105,11 @@ class Call:
                     if event is None:
                         await self._carry_out(self.session.on_timer(clock))
                     else:
-                        await self._carry_out(self.session.on_event(event, clock))
-                        if isinstance(event, Answered):
-                            self.io.metrics.billing_lag.append(
-                                time.monotonic() - clock.event_time(event)
-                            )
+                        answered = isinstance(event, Answered)
+                        await self._carry_out(
+                            self.session.on_event(event, clock),
+                            lag_from=clock.event_time(event) if answered else None,
+                        )
             except Exception as exc:
                 log.exception("call session failed: hanging up and settling it")
                 if isinstance(exc, CallFailed):  # what was decided before the script failed
@@ -130,12 +130,17 @@ class Call:
         except TimeoutError:
             return None
 
-    async def _carry_out(self, actions: list[Action]) -> None:
+    async def _carry_out(self, actions: list[Action], lag_from: float | None = None) -> None:
+        """``lag_from``: the answer's time; the billing lag (answer -> first debit
+        committed) is measured at the first charge."""
         io = self.io
         for action in actions:
             match action:
                 case Charge():
                     await self._charge(action)
+                    if lag_from is not None:
+                        io.metrics.billing_lag.append(time.monotonic() - lag_from)
+                        lag_from = None
                 case Play() | StopPlay() | StartTransfer() | HangUp():
                     with contextlib.suppress(PoolError):  # a call already gone
                         await self._command(action)
