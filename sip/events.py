@@ -7,11 +7,12 @@ commands. Consumers match on the class, never on a name string.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
-from sip.protocol import ProtocolError, _load, _Message
+from sip.protocol import MAX_LINE_BYTES, ProtocolError, _load, _Message
 
 # ``line`` is the pool's stamp: which line the event came from. The pool itself makes
 # Interrupted, LineDied and LineRestarted.
@@ -186,4 +187,9 @@ def parse_event(data: dict[str, Any]) -> LineEvent:
 def decode(line: bytes | str) -> LineEvent:
     """One line of a line process's output as its typed event (ProtocolError if it is
     not one)."""
-    return parse_event(_load(line))
+    if len(line) <= MAX_LINE_BYTES:
+        # pydantic's own JSON parser: half the cost of json.loads and validating the dict
+        # (measured), on the pool's hottest path
+        with contextlib.suppress(ValidationError):
+            return _EVENTS.validate_json(line)
+    return parse_event(_load(line))  # names what is wrong
